@@ -1,0 +1,1 @@
+"""Accuracy, latency, size and memory benchmarks; results with their commands live in ``benchmarks/results/``."""

@@ -1,0 +1,63 @@
+import pytest
+
+from factory.prompts import EMOTIONS, build_messages, format_answer, parse_answer, question
+
+PARSE_TABLE = [
+    # text, label, well_formed
+    ("<think>warm colours, a smile</think><answer>amusement</answer>", "amusement", True),
+    ("  <think>dark</think>\n<answer> Sadness </answer>\n", "sadness", True),
+    ("<think>x</think><answer>FEAR</answer>", "fear", True),
+    ("<think>x</think><answer>sad</answer>", None, False),  # not an EmoSet label
+    ("<think>x</think><answer>anger.</answer>", None, False),  # strict about the label set
+    ("<think></think><answer>awe</answer>", "awe", False),  # empty reasoning
+    ("<think>   </think><answer>awe</answer>", "awe", False),
+    ("<think>x</think><answer>awe</answer> trailing text", "awe", False),  # nothing after the answer
+    ("preamble <think>x</think><answer>awe</answer>", "awe", False),
+    ("<answer>disgust</answer>", "disgust", False),  # label without reasoning
+    ("<think>x <answer>fear</answer></think><answer>awe</answer>", "awe", False),  # nested tags
+    ("<think>x</think><answer>awe</answer><answer>fear</answer>", "fear", False),  # last answer counts
+    ("it is probably awe", None, False),
+    ("", None, False),
+    ("<think>x</think><answer></answer>", None, False),
+]
+
+
+@pytest.mark.parametrize("text,label,well_formed", PARSE_TABLE)
+def test_parse_answer_table(text, label, well_formed):
+    parsed = parse_answer(text)
+    assert parsed.label == label
+    assert parsed.well_formed is well_formed
+
+
+@pytest.mark.parametrize("text,label", [("contentment", "contentment"), (" Awe\n", "awe"), ("joy", None),
+                                        ("awe and fear", None)])
+def test_bare_label_only_when_allowed(text, label):
+    assert parse_answer(text, allow_bare_label=True).label == label
+    assert parse_answer(text).label is None
+
+
+def test_emotions_follow_official_index_order():
+    assert EMOTIONS == ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
+
+
+@pytest.mark.parametrize("label", EMOTIONS)
+def test_format_then_parse_round_trips(label):
+    text = format_answer(label, "some evidence")
+    parsed = parse_answer(text)
+    assert parsed.label == label and parsed.well_formed
+    assert parse_answer(format_answer(label)).label == label
+
+
+def test_format_rejects_unknown_label():
+    with pytest.raises(ValueError, match="unknown emotion"):
+        format_answer("joy", "x")
+
+
+def test_questions_name_every_emotion_and_messages_hold_an_image():
+    for style in ("cot", "label"):
+        assert all(e in question(style) for e in EMOTIONS)
+    msgs = build_messages("label", answer="<answer>awe</answer>")
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert msgs[0]["content"][0] == {"type": "image"}
+    with pytest.raises(ValueError):
+        question("nope")
