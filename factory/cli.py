@@ -1,0 +1,175 @@
+"""The ``svlm`` command: one subcommand per step, ``svlm run`` for the whole chain.
+
+Every subcommand that writes takes ``--config FILE`` and trailing ``key=value`` overrides; flags such as
+``--n`` are shorthands for overrides. Errors a user can fix print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from factory import __version__
+from factory import config as config_lib
+from factory.errors import SVLMError
+
+EPILOG_OVERRIDES = "Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400)."
+
+
+def _overrides(args, mapping: dict[str, str]) -> list[str]:
+    """Turn set flags into ``key=value`` overrides, flags first so explicit overrides win."""
+    items = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in mapping.items()
+             if getattr(args, attr, None) is not None]
+    return items + list(args.overrides)
+
+
+def cmd_data_synth(args) -> int:
+    from factory.data.synth import SynthConfig, generate
+
+    cfg = config_lib.load(SynthConfig, args.config, _overrides(args, {
+        "out": "out", "n": "n", "seed": "seed", "image_size": "image_size", "ambiguity": "ambiguity",
+        "label_noise": "label_noise", "face_prob": "face_prob"}), base={"out": "data/synth_emoset"})
+    counts = generate(cfg, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"wrote synthetic EmoSet to {cfg.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from factory.data.emoset import SPLITS, read_split
+
+    from factory.errors import DataError
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root}")
+    splits = SPLITS if args.split == "all" else (args.split,)
+    if args.split == "all" and not any((root / f"{s}.json").is_file() for s in SPLITS):
+        raise DataError(f"{root} holds no split file ({', '.join(s + '.json' for s in SPLITS)})")
+    failed = False
+    seen: dict[str, str] = {}
+    for split in splits:
+        if args.split == "all" and not (Path(args.data) / f"{split}.json").is_file():
+            print(f"{split}: no split file, skipped")
+            continue
+        result = read_split(args.data, split, strict=not args.lenient, check_images=args.check_images,
+                            progress=not args.quiet)
+        summary = result.summary()
+        print(f"{split}: {summary['records']} records; per class {summary['per_class']}; "
+              f"skipped {summary['skipped']} {summary['skipped_by_kind'] or ''}; "
+              f"warnings {summary['warnings_by_kind'] or 'none'}")
+        for rec in result.records:
+            if rec.image_id in seen and seen[rec.image_id] != split:
+                print(f"warning: image id {rec.image_id} is in both {seen[rec.image_id]} and {split}")
+                failed = failed or not args.lenient
+            seen[rec.image_id] = split
+        if args.report:
+            path = Path(args.report)
+            path = path / f"{split}.json" if len(splits) > 1 or path.suffix != ".json" else path
+            print(f"  report: {result.write_report(path)}")
+    return 1 if failed else 0
+
+
+def cmd_model_tiny(args) -> int:
+    from factory.tiny import save_tiny
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SVLMError(f"{out} is not empty; pass --overwrite to write into it")
+    save_tiny(args.family, args.size, out, seed=args.seed)
+    from factory.models import count_parameters, load_model
+
+    loaded = load_model(out, dtype="float32", device="cpu")
+    print(f"wrote {args.family}/{args.size} ({count_parameters(loaded.model) / 1e6:.2f}M parameters) to {out}")
+    return 0
+
+
+def cmd_model_list(args) -> int:
+    from factory.families import DEFAULT_FAMILY, FAMILIES
+
+    for fam in FAMILIES.values():
+        mark = " (default)" if fam.name == DEFAULT_FAMILY else ""
+        print(f"{fam.name}{mark}: {fam.model_class}; e.g. {', '.join(fam.hub_examples)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from factory.pipeline import RunConfig, run
+
+    cfg = config_lib.load(RunConfig, args.config, _overrides(args, {"name": "name", "output_dir": "output_dir"}))
+    run(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES
+
+    parser = argparse.ArgumentParser(prog="svlm", description="SVLM Factory: CLGRPO training of small VLMs "
+                                     "for visual emotion recognition, exported to quantized ONNX.")
+    parser.add_argument("--version", action="version", version=f"svlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(subparsers, name, help_, func, overrides=False):
+        p = subparsers.add_parser(name, help=help_, description=help_,
+                                  epilog=EPILOG_OVERRIDES if overrides else None)
+        p.set_defaults(func=func)
+        if overrides:
+            p.add_argument("--config", help="YAML config file")
+            p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    data = sub.add_parser("data", help="EmoSet data: synthesize, check").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = add(data, "synth", "write a synthetic EmoSet in the official layout", cmd_data_synth, overrides=True)
+    p.add_argument("--out", help="output folder (default data/synth_emoset)")
+    p.add_argument("--n", type=int, help="total number of images (default 800)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--image-size", dest="image_size", type=int, help="image side in pixels (default 160)")
+    p.add_argument("--ambiguity", type=float, help="chance a cue comes from another emotion (default 0.25)")
+    p.add_argument("--label-noise", dest="label_noise", type=float, help="chance of a wrong label (default 0.05)")
+    p.add_argument("--face-prob", dest="face_prob", type=float, help="chance a face is drawn (default 0.6)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic dataset at --out")
+
+    p = add(data, "check", "read an EmoSet root and report bad entries", cmd_data_check)
+    p.add_argument("--data", required=True, help="EmoSet data root (holds train.json, image/, annotation/)")
+    p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    p.add_argument("--lenient", action="store_true", help="skip bad entries and report them instead of failing")
+    p.add_argument("--check-images", dest="check_images", default="decode", choices=["decode", "header", "none"],
+                   help="decode: full decode (finds truncated JPEGs); header: headers only; none: existence")
+    p.add_argument("--report", help="write a JSON report of skipped entries (a file, or a folder for all splits)")
+
+    model = sub.add_parser("model", help="model families and offline tiny models").add_subparsers(
+        dest="model_command", required=True, metavar="SUBCOMMAND")
+    p = add(model, "tiny", "write a random-weight model that loads like a hub checkpoint", cmd_model_tiny)
+    p.add_argument("--family", default=DEFAULT_FAMILY, choices=list(FAMILIES))
+    p.add_argument("--size", default="tiny", choices=list(TINY_SIZES),
+                   help="tiny: unit tests; small: ~10M parameters, for learning runs on a CPU")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    add(model, "list", "list the registered model families", cmd_model_list)
+
+    p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
+            overrides=True)
+    p.add_argument("--name", help="run name: outputs go to <output_dir>/<name> (default 'default')")
+    p.add_argument("--output-dir", dest="output_dir", help="where runs are written (default runs/)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SVLMError as exc:
+        print(f"svlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("svlm: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

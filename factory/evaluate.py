@@ -1,0 +1,94 @@
+"""Greedy evaluation of a PyTorch model on an EmoSet split: predictions, format rate, accuracy.
+
+Used by ``svlm run`` after every stage and by the benchmarks. Metrics come from scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from factory.data.emoset import EmoSetRecord
+from factory.prompts import EMOTIONS, build_messages, parse_answer
+
+
+@dataclass
+class Prediction:
+    image_id: str
+    emotion: str
+    completion: str
+    predicted: str | None
+    well_formed: bool
+
+
+@dataclass
+class EvalResult:
+    n: int
+    accuracy: float
+    macro_recall: float
+    format_rate: float
+    unparsable_rate: float
+    predictions: list[Prediction] = field(default_factory=list, repr=False)
+
+    def metrics(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "predictions"}
+
+
+def generate_answers(model, processor, images, style: str = "cot", max_new_tokens: int = 96,
+                     batch_size: int = 8, progress: bool = False) -> list[str]:
+    """Greedy completions for a list of PIL images, batched, with left padding."""
+    import torch
+
+    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    batches = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="evaluating", unit="batch")
+    texts: list[str] = []
+    device = next(model.parameters()).device
+    for start in batches:
+        chunk = images[start:start + batch_size]
+        inputs = processor(images=[[img] for img in chunk], text=[prompt] * len(chunk), return_tensors="pt",
+                           padding=True).to(device)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return texts
+
+
+def score(records: list[EmoSetRecord], completions: list[str], style: str = "cot") -> EvalResult:
+    """Parse completions and compute accuracy, macro recall, format and unparsable rates."""
+    from sklearn.metrics import accuracy_score, recall_score
+
+    preds = []
+    for rec, text in zip(records, completions, strict=True):
+        parsed = parse_answer(text, allow_bare_label=(style == "label"))
+        well_formed = parsed.well_formed if style == "cot" else parsed.label is not None
+        preds.append(Prediction(rec.image_id, rec.emotion, text, parsed.label, well_formed))
+    n = len(preds)
+    y_true = [p.emotion for p in preds]
+    y_pred = [p.predicted or "<unparsable>" for p in preds]
+    return EvalResult(
+        n=n,
+        accuracy=float(accuracy_score(y_true, y_pred)) if n else 0.0,
+        macro_recall=float(recall_score(y_true, y_pred, labels=list(EMOTIONS), average="macro",
+                                        zero_division=0)) if n else 0.0,
+        format_rate=sum(p.well_formed for p in preds) / n if n else 0.0,
+        unparsable_rate=sum(p.predicted is None for p in preds) / n if n else 0.0,
+        predictions=preds,
+    )
+
+
+def evaluate(model, processor, records: list[EmoSetRecord], style: str = "cot", max_new_tokens: int = 96,
+             batch_size: int = 8, progress: bool = False) -> EvalResult:
+    """Generate for every record and score the answers."""
+    from PIL import Image
+
+    images = []
+    for rec in records:
+        with Image.open(rec.image_path) as img:
+            images.append(img.convert("RGB"))
+    completions = generate_answers(model, processor, images, style, max_new_tokens, batch_size, progress)
+    return score(records, completions, style)

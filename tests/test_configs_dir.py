@@ -1,0 +1,13 @@
+"""Every YAML under configs/ validates against its config class."""
+
+from pathlib import Path
+
+from factory import config as config_lib
+from factory.pipeline import RunConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_run_default_yaml_is_the_builtin_default():
+    from_yaml = config_lib.load(RunConfig, CONFIGS / "run_default.yaml")
+    assert from_yaml == RunConfig()
