@@ -94,6 +94,17 @@ def cmd_model_list(args) -> int:
     return 0
 
 
+def cmd_cot_build(args) -> int:
+    from factory.cot.build import CotConfig, build
+
+    cfg = config_lib.load(CotConfig, args.teachers, _overrides(args, {
+        "data": "data", "split": "split", "out": "out", "limit": "limit"}))
+    summary = build(cfg, progress=not args.quiet)
+    print(f"{summary['images']} images, {summary['images_with_trace']} with a verified trace "
+          f"({summary['image_acceptance_rate']:.1%}), {summary['traces']} traces; summary: {Path(cfg.out) / 'summary.md'}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from factory.pipeline import RunConfig, run
 
@@ -110,12 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"svlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(subparsers, name, help_, func, overrides=False):
+    def add(subparsers, name, help_, func, overrides=False, config_flag=True):
         p = subparsers.add_parser(name, help=help_, description=help_,
                                   epilog=EPILOG_OVERRIDES if overrides else None)
         p.set_defaults(func=func)
         if overrides:
-            p.add_argument("--config", help="YAML config file")
+            if config_flag:
+                p.add_argument("--config", help="YAML config file")
             p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
@@ -150,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     add(model, "list", "list the registered model families", cmd_model_list)
+
+    cot = sub.add_parser("cot", help="chain-of-thought data from teacher VLMs").add_subparsers(
+        dest="cot_command", required=True, metavar="SUBCOMMAND")
+    p = add(cot, "build", "ask teachers for reasoning traces and keep those that match the label", cmd_cot_build,
+            overrides=True, config_flag=False)
+    p.add_argument("--data", help="EmoSet data root")
+    p.add_argument("--split", help="split to build from (default train)")
+    p.add_argument("--teachers", help="teachers YAML (teachers: [...], policy, k, rationalize); "
+                   "default: the offline attribute teacher")
+    p.add_argument("--out", help="output folder; rerunning the same command resumes")
+    p.add_argument("--limit", type=int, help="only the first N images")
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

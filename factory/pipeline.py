@@ -1,6 +1,7 @@
 """``svlm run``: the whole chain that exists today, on its built-in default (a small model, synthetic data).
 
-Today: synthetic EmoSet (or a real EmoSet root) → reader check with a skip report → base model (a built
+Today: synthetic EmoSet (or a real EmoSet root) → reader check with a skip report → CoT data from the
+teachers (the offline attribute teacher by default), verified against the labels → base model (a built
 "small" random model, or any hub id / local checkpoint of a registered family) → greedy evaluation of the
 untrained base on the validation split → a table and what comes next. Every step writes under
 ``runs/<name>/`` with its resolved config and is skipped when its output already exists, so a killed run
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory import config as config_lib
+from factory.cot.teachers import TeacherConfig
 from factory.data.synth import SynthConfig
 from factory.errors import ConfigError
 from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES
@@ -56,6 +58,14 @@ class EvalConfig:
 
 
 @dataclass
+class CotStepConfig:
+    teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])  # offline attribute teacher
+    policy: str = "all"
+    k: int = 1
+    rationalize: bool = False
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of one ``svlm run``."""
 
@@ -63,6 +73,7 @@ class RunConfig:
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    cot: CotStepConfig = field(default_factory=CotStepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -118,6 +129,13 @@ def run(cfg: RunConfig) -> dict:
         result.write_report(run_dir / "data_reports" / f"{split}.json")
         splits[split] = result
         _log(f"{split}: {len(result.records)} records, {len(result.skipped)} skipped")
+    from factory.cot.build import CotConfig, build
+
+    cot_cfg = CotConfig(data=str(root), split="train", out=str(run_dir / "cot"), teachers=cfg.cot.teachers,
+                        policy=cfg.cot.policy, k=cfg.cot.k, rationalize=cfg.cot.rationalize)
+    cot = build(cot_cfg)
+    _log(f"CoT data: {cot['traces']} verified traces for {cot['images_with_trace']}/{cot['images']} train images "
+         f"({cot['image_acceptance_rate']:.1%}); {run_dir / 'cot' / 'summary.md'}")
     source = prepare_model(cfg)
     loaded = load_model(source, dtype=cfg.model.dtype)
     n_params = count_parameters(loaded.model)
@@ -132,6 +150,7 @@ def run(cfg: RunConfig) -> dict:
     summary = {
         "data_root": str(root),
         "splits": {s: r.summary() for s, r in splits.items()},
+        "cot": {k: cot[k] for k in ("images", "images_with_trace", "image_acceptance_rate", "traces")},
         "model": {"source": source, "family": loaded.family.name, "parameters": n_params},
         "stages": rows,
         "seconds": round(time.time() - t0, 1),
@@ -139,8 +158,7 @@ def run(cfg: RunConfig) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_table(rows))
     _log(f"done in {summary['seconds']} s; summary at {run_dir / 'summary.json'}")
-    _log("next (not built yet): CoT data from teachers → baseline + 4 training stages → ONNX export → "
-         "benchmarks → demo")
+    _log("next (not built yet): baseline + 4 training stages on the CoT data → ONNX export → benchmarks → demo")
     return summary
 
 

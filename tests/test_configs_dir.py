@@ -11,3 +11,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_run_default_yaml_is_the_builtin_default():
     from_yaml = config_lib.load(RunConfig, CONFIGS / "run_default.yaml")
     assert from_yaml == RunConfig()
+
+
+def test_teachers_example_validates():
+    from factory.cot.build import CotConfig
+
+    cfg = config_lib.load(CotConfig, CONFIGS / "teachers.example.yaml")
+    assert [t.kind for t in cfg.teachers] == ["openai", "openai", "attributes"]

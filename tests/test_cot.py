@@ -1,0 +1,184 @@
+"""CoT construction: scripted endpoints on 127.0.0.1, self-supervision, resume after SIGKILL, secrets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from factory.cot.build import CotConfig, build, read_results
+from factory.cot.datasets import grpo_rows, label_rows, sft_rows, to_dataset
+from factory.cot.teachers import AttributeTeacher, TeacherConfig
+from factory.data.emoset import read_split
+from factory.errors import ConfigError, DataError
+from factory.prompts import parse_answer
+
+from cot_server import Script, ScriptedServer, labels_by_hash
+
+HERE = Path(__file__).resolve().parent
+
+
+def _endpoint(server, name, model=None, **kw):
+    return TeacherConfig(name=name, kind="openai", base_url=server.base_url, model=model or name,
+                         backoff=0.01, **kw)
+
+
+@pytest.fixture(scope="module")
+def records(synth_root):
+    return read_split(synth_root, "train").records
+
+
+def test_attribute_teacher_never_sees_the_label_and_mostly_agrees(synth_root, tmp_path, records):
+    teacher = AttributeTeacher(TeacherConfig())
+    rec = records[0]
+    relabelled = type(rec)(rec.image_id, "fear" if rec.emotion != "fear" else "awe", rec.image_path, rec.attributes)
+    assert teacher.respond(rec) == teacher.respond(relabelled)
+
+    summary = build(CotConfig(data=str(synth_root), out=str(tmp_path / "cot")), progress=False)
+    assert summary["images"] == len(records)
+    # Far above chance (1/8), below perfect: the synthetic set has ambiguity and label noise.
+    assert 0.5 < summary["image_acceptance_rate"] < 1.0
+    for line in (tmp_path / "cot" / "cot.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        parsed = parse_answer(row["response"])
+        assert parsed.well_formed and parsed.label == row["emotion"] and row["teacher"] == "attributes"
+    assert "| attributes |" in (tmp_path / "cot" / "summary.md").read_text()
+
+
+def test_scripted_endpoints_each_behaviour_is_counted(synth_root, tmp_path, records, monkeypatch, capfd):
+    secret = "sk-SECRET-abc123"
+    monkeypatch.setenv("SVLM_TEST_KEY", secret)
+    script = Script(labels_by_hash(records), slow_seconds=1.5)
+    with ScriptedServer(script) as server:
+        teachers = [
+            _endpoint(server, "oracle", api_key_env="SVLM_TEST_KEY"),
+            _endpoint(server, "wrong"),
+            _endpoint(server, "malformed", max_retries=0),
+            _endpoint(server, "rambler"),
+            _endpoint(server, "slow", timeout=0.3, max_retries=0),
+            _endpoint(server, "flaky", max_retries=3),
+            _endpoint(server, "down", max_retries=1),
+        ]
+        cfg = CotConfig(data=str(synth_root), out=str(tmp_path / "cot"), teachers=teachers, limit=12)
+        summary = build(cfg, progress=False)
+    per = summary["per_teacher"]
+    assert per["oracle"]["accepted"] == 12
+    assert per["wrong"]["failures"] == {"wrong_answer": 12}
+    assert per["malformed"]["failures"] == {"malformed_response": 12}
+    assert per["rambler"]["failures"] == {"unparsable": 12}
+    assert per["slow"]["failures"] == {"timeout": 12}
+    assert per["flaky"]["accepted"] == 12  # after a 500 and a 429
+    assert per["down"]["failures"] == {"http_5xx": 12}
+    assert summary["agreement_histogram"] == {"2": 12}
+    assert summary["failures_by_kind"]["timeout"] == 12
+    calls = script.calls
+    assert all(calls[("flaky", h)] == 3 for (m, h) in list(calls) if m == "flaky")
+    assert all(calls[("down", h)] == 2 for (m, h) in list(calls) if m == "down")  # 1 try + 1 retry
+    # The key was sent to the endpoint that names it, and written nowhere.
+    assert f"Bearer {secret}" in script.auth_headers
+    for path in (tmp_path / "cot").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="ignore"), path
+    out, err = capfd.readouterr()
+    assert secret not in out and secret not in err
+    rows = read_results(tmp_path / "cot" / "results.jsonl")
+    assert {a["teacher"] for a in rows[0]["attempts"]} == {t.name for t in teachers}
+
+
+def test_concurrency_is_bounded_per_endpoint(synth_root, tmp_path, records):
+    script = Script(labels_by_hash(records), delay=0.05)
+    with ScriptedServer(script) as server:
+        cfg = CotConfig(data=str(synth_root), out=str(tmp_path / "cot"), limit=16,
+                        teachers=[_endpoint(server, "oracle", concurrency=3)])
+        build(cfg, progress=False)
+    assert 2 <= script.max_in_flight <= 3
+
+
+def test_first_k_policy_and_rationalization(synth_root, tmp_path, records):
+    script = Script(labels_by_hash(records))
+    with ScriptedServer(script) as server:
+        first_k = CotConfig(data=str(synth_root), out=str(tmp_path / "k"), limit=8, policy="first_k", k=1,
+                            teachers=[_endpoint(server, "oracle"), _endpoint(server, "flaky")])
+        summary = build(first_k, progress=False)
+        assert "flaky" not in summary["per_teacher"]  # never asked: the oracle already agreed
+        rat = CotConfig(data=str(synth_root), out=str(tmp_path / "r"), limit=8, rationalize=True,
+                        teachers=[_endpoint(server, "wrong")])
+        summary = build(rat, progress=False)
+    assert summary["images_with_trace"] == 0 and summary["rationalized_images"] == 8
+    assert sft_rows(tmp_path / "r") == []  # excluded unless asked for
+    rows = sft_rows(tmp_path / "r", include_rationalized=True)
+    assert len(rows) == 8
+    lines = [json.loads(x) for x in (tmp_path / "r" / "cot.jsonl").read_text().splitlines()]
+    assert all(x["rationalized"] for x in lines)
+
+
+def test_training_datasets_from_a_build(synth_root, tmp_path, records):
+    build(CotConfig(data=str(synth_root), out=str(tmp_path / "cot")), progress=False)
+    sft = to_dataset(sft_rows(tmp_path / "cot", traces="first"))
+    row = sft[0]
+    assert row["image"].size == (48, 48)
+    assert row["prompt"][0]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+    assert parse_answer(row["completion"][0]["content"][0]["text"]).label == row["emotion"]
+    assert len(sft) == len({r["image_id"] for r in map(json.loads, (tmp_path / "cot" / "cot.jsonl").read_text().splitlines())})
+    base = label_rows(records)
+    assert base[0]["completion"][0]["content"][0]["text"] == f"<answer>{records[0].emotion}</answer>"
+    grpo = to_dataset(grpo_rows(records))
+    assert set(grpo.column_names) == {"image", "prompt", "emotion"} and len(grpo) == len(records)
+
+
+def test_config_errors(synth_root, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="needs base_url and model"):
+        TeacherConfig(name="x", kind="openai")
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        TeacherConfig(kind="gemini")
+    with pytest.raises(ConfigError, match="unique"):
+        CotConfig(teachers=[TeacherConfig(), TeacherConfig()])
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    cfg = CotConfig(data=str(synth_root), out=str(tmp_path / "c"), teachers=[
+        TeacherConfig(name="e", kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOPE_KEY")])
+    with pytest.raises(ConfigError, match="NOPE_KEY"):
+        build(cfg, progress=False)
+
+
+def test_resume_refuses_other_settings(synth_root, tmp_path):
+    build(CotConfig(data=str(synth_root), out=str(tmp_path / "c"), limit=4), progress=False)
+    with pytest.raises(DataError, match="other settings"):
+        build(CotConfig(data=str(synth_root), out=str(tmp_path / "c"), policy="first_k"), progress=False)
+
+
+def test_sigkill_then_rerun_gives_the_exact_record_set(synth_root, tmp_path, records):
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    server = subprocess.Popen([sys.executable, str(HERE / "cot_server.py"), str(synth_root), "0.08"],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        base_url = server.stdout.readline().strip()
+        teachers = tmp_path / "teachers.yaml"
+        teachers.write_text(f"teachers:\n  - name: oracle\n    kind: openai\n    base_url: {base_url}\n"
+                            f"    model: oracle\n    concurrency: 2\n")
+        out = tmp_path / "cot"
+        cmd = [sys.executable, "-m", "factory.cli", "cot", "build", "--data", str(synth_root), "--teachers",
+               str(teachers), "--out", str(out), "-q"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = out / "results.jsonl"
+        deadline = time.time() + 60
+        while time.time() < deadline and (not log.is_file() or log.read_text().count("\n") < 8):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = log.read_text().count("\n")
+        assert 0 < done_before < len(records), "the kill must land mid-run"
+        with open(log, "a") as fh:  # a crash in the middle of a write leaves half a line
+            fh.write('{"image_id": "amusement_0')
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        server.kill()
+        server.wait()
+    ids = [row["image_id"] for row in read_results(log)]
+    assert len(ids) == len(set(ids)) == len(records)
+    assert set(ids) == {r.image_id for r in records}
+    traces = (out / "cot.jsonl").read_text().splitlines()
+    assert len(traces) == len(records)
