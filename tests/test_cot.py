@@ -182,3 +182,14 @@ def test_sigkill_then_rerun_gives_the_exact_record_set(synth_root, tmp_path, rec
     assert set(ids) == {r.image_id for r in records}
     traces = (out / "cot.jsonl").read_text().splitlines()
     assert len(traces) == len(records)
+
+
+def test_local_transformers_teacher_runs_a_registered_family(synth_root, tmp_path, tiny_dirs):
+    local = TeacherConfig(name="local", kind="local", model=str(tiny_dirs("internvl")), max_tokens=6,
+                          temperature=0.0, dtype="float32")
+    summary = build(CotConfig(data=str(synth_root), out=str(tmp_path / "c"), limit=3,
+                              teachers=[local, TeacherConfig()]), progress=False)
+    assert summary["per_teacher"]["local"]["asked"] == 3
+    rows = read_results(tmp_path / "c" / "results.jsonl")
+    # A random tiny model answers nothing valid; its raw text is still recorded for inspection.
+    assert all(isinstance(a.get("response"), str) for r in rows for a in r["attempts"] if a["teacher"] == "local")
