@@ -138,13 +138,18 @@ def _text_kwargs(s: dict, vocab: int) -> dict:
                 num_key_value_heads=s["kv_heads"], max_position_embeddings=2048)
 
 
+def _lm_config(cls, s: dict, tok):
+    """The language-model config shared by the InternVL (Qwen2) and SmolVLM (Llama) tiny builders."""
+    return cls(**_text_kwargs(s, len(tok)), tie_word_embeddings=False, bos_token_id=tok.pad_token_id,
+               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
 def _build_internvl(fam: Family, size: str, tok):
     import transformers as tf
 
     s = TINY_SIZES[size]
     image_seq = (s["image"] // s["patch"]) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
-    text = tf.Qwen2Config(**_text_kwargs(s, len(tok)), tie_word_embeddings=False,
-                          bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text = _lm_config(tf.Qwen2Config, s, tok)
     vision = tf.InternVLVisionConfig(hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
                                      num_hidden_layers=s["v_layers"], num_attention_heads=s["v_heads"],
                                      image_size=[s["image"]] * 2, patch_size=[s["patch"]] * 2)
@@ -165,8 +170,7 @@ def _build_smolvlm(fam: Family, size: str, tok):
     s = TINY_SIZES[size]
     scale = 2
     image_seq = (s["image"] // s["patch"]) ** 2 // scale**2
-    text = tf.LlamaConfig(**_text_kwargs(s, len(tok)), tie_word_embeddings=False,
-                          bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text = _lm_config(tf.LlamaConfig, s, tok)
     vision = tf.SmolVLMVisionConfig(hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
                                     num_hidden_layers=s["v_layers"], num_attention_heads=s["v_heads"],
                                     image_size=s["image"], patch_size=s["patch"])

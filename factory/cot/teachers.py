@@ -28,7 +28,7 @@ from pathlib import Path
 
 from factory.data.emoset import EmoSetRecord
 from factory.errors import ConfigError
-from factory.prompts import EMOTIONS, question
+from factory.prompts import question
 
 KINDS = ("openai", "local", "attributes")
 
@@ -215,5 +215,3 @@ class LocalTeacher:
 def make_teacher(cfg: TeacherConfig):
     return {"openai": OpenAITeacher, "local": LocalTeacher, "attributes": AttributeTeacher}[cfg.kind](cfg)
 
-
-__all__ = ["EMOTIONS", "TeacherConfig", "TeacherError", "make_teacher"]
