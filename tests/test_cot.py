@@ -45,7 +45,8 @@ def test_attribute_teacher_never_sees_the_label_and_mostly_agrees(synth_root, tm
     for line in (tmp_path / "cot" / "cot.jsonl").read_text().splitlines():
         row = json.loads(line)
         parsed = parse_answer(row["response"])
-        assert parsed.well_formed and parsed.label == row["emotion"] and row["teacher"] == "attributes"
+        assert parsed.well_formed and parsed.label == row["emotion"]
+        assert row["teacher"] == "attributes" and row["teacher_kind"] == "attributes"
     assert "| attributes |" in (tmp_path / "cot" / "summary.md").read_text()
 
 

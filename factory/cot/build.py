@@ -97,7 +97,7 @@ class Builder:
         self.slots = {t.name: threading.BoundedSemaphore(t.concurrency) for t in self.teachers}
 
     def _ask(self, teacher, record: EmoSetRecord, hint: str | None = None) -> dict:
-        attempt = {"teacher": teacher.name}
+        attempt = {"teacher": teacher.name, "kind": teacher.cfg.kind}
         with self.slots[teacher.name]:
             try:
                 raw = teacher.respond(record, hint)
@@ -115,14 +115,15 @@ class Builder:
                 break
             attempts.append(self._ask(teacher, record))
         agreed = sum(a["status"] == "accepted" for a in attempts)
-        accepted = [{"teacher": a["teacher"], "response": a["response"], "rationalized": False}
+        accepted = [{"teacher": a["teacher"], "kind": a["kind"], "response": a["response"], "rationalized": False}
                     for a in attempts if a["status"] == "accepted"]
         if self.cfg.rationalize and agreed == 0:
             for teacher in self.teachers:
                 hinted = self._ask(teacher, record, hint=record.emotion) | {"hinted": True}
                 attempts.append(hinted)
                 if hinted["status"] == "accepted":
-                    accepted.append({"teacher": teacher.name, "response": hinted["response"], "rationalized": True})
+                    accepted.append({"teacher": teacher.name, "kind": teacher.cfg.kind, "response": hinted["response"],
+                                     "rationalized": True})
                     break
         return {"image_id": record.image_id, "emotion": record.emotion, "image": str(record.image_path),
                 "n_asked": sum(not a.get("hinted") for a in attempts), "n_agreed": agreed,
@@ -195,7 +196,8 @@ def finalize(out: Path, wanted: set[str] | None = None) -> dict:
         for row in rows:
             for trace in row["accepted"]:
                 fh.write(json.dumps({"image_id": row["image_id"], "emotion": row["emotion"], "image": row["image"],
-                                     "teacher": trace["teacher"], "response": trace["response"],
+                                     "teacher": trace["teacher"], "teacher_kind": trace["kind"],
+                                     "response": trace["response"],
                                      "n_agreed": row["n_agreed"], "n_asked": row["n_asked"],
                                      "rationalized": trace["rationalized"]}) + "\n")
     tmp.replace(out / TRACES)
