@@ -35,8 +35,16 @@ class EvalResult:
 
 def generate_answers(model, processor, images, style: str = "cot", max_new_tokens: int = 96,
                      batch_size: int = 8, progress: bool = False) -> list[str]:
-    """Greedy completions for a list of PIL images, batched, with left padding."""
+    """Greedy completions, batched, with left padding. ``images``: PIL images or image paths; paths are
+    opened one batch at a time, so a whole split never sits in memory."""
     import torch
+    from PIL import Image
+
+    def as_rgb(item):
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        with Image.open(item) as img:
+            return img.convert("RGB")
 
     prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
     tokenizer = processor.tokenizer
@@ -49,7 +57,7 @@ def generate_answers(model, processor, images, style: str = "cot", max_new_token
     texts: list[str] = []
     device = next(model.parameters()).device
     for start in batches:
-        chunk = images[start:start + batch_size]
+        chunk = [as_rgb(item) for item in images[start:start + batch_size]]
         inputs = processor(images=[[img] for img in chunk], text=[prompt] * len(chunk), return_tensors="pt",
                            padding=True).to(device)
         with torch.no_grad():
@@ -84,11 +92,6 @@ def score(records: list[EmoSetRecord], completions: list[str], style: str = "cot
 def evaluate(model, processor, records: list[EmoSetRecord], style: str = "cot", max_new_tokens: int = 96,
              batch_size: int = 8, progress: bool = False) -> EvalResult:
     """Generate for every record and score the answers."""
-    from PIL import Image
-
-    images = []
-    for rec in records:
-        with Image.open(rec.image_path) as img:
-            images.append(img.convert("RGB"))
-    completions = generate_answers(model, processor, images, style, max_new_tokens, batch_size, progress)
+    paths = [rec.image_path for rec in records]
+    completions = generate_answers(model, processor, paths, style, max_new_tokens, batch_size, progress)
     return score(records, completions, style)
