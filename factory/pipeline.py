@@ -133,7 +133,7 @@ def run(cfg: RunConfig) -> dict:
 
     cot_cfg = CotConfig(data=str(root), split="train", out=str(run_dir / "cot"), teachers=cfg.cot.teachers,
                         policy=cfg.cot.policy, k=cfg.cot.k, rationalize=cfg.cot.rationalize)
-    cot = build(cot_cfg)
+    cot = build(cot_cfg, split=splits["train"])  # already read and checked above
     _log(f"CoT data: {cot['traces']} verified traces for {cot['images_with_trace']}/{cot['images']} train images "
          f"({cot['image_acceptance_rate']:.1%}); {run_dir / 'cot' / 'summary.md'}")
     source = prepare_model(cfg)

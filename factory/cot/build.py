@@ -27,7 +27,7 @@ from pathlib import Path
 
 from factory import config as config_lib
 from factory.cot.teachers import TeacherConfig, TeacherError, make_teacher
-from factory.data.emoset import EmoSetRecord, read_split
+from factory.data.emoset import EmoSetRecord, SplitResult, read_split
 from factory.errors import ConfigError, DataError
 from factory.prompts import EMOTIONS, LABEL2ID, parse_answer
 
@@ -145,14 +145,19 @@ def _check_resume_compatible(cfg: CotConfig, out: Path) -> None:
                         f"choose another --out or delete it to start over")
 
 
-def build(cfg: CotConfig, progress: bool = True) -> dict:
-    """Run (or resume) a build; return the summary."""
+def build(cfg: CotConfig, progress: bool = True, split: SplitResult | None = None) -> dict:
+    """Run (or resume) a build; return the summary.
+
+    ``split``: the already-read ``cfg.split`` of ``cfg.data``, when the caller has it (``svlm run`` checks
+    every split first); otherwise it is read here.
+    """
     if not cfg.data or not cfg.out:
         raise ConfigError("cot build needs data (an EmoSet root) and out (an output folder)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume_compatible(cfg, out)
-    split = read_split(cfg.data, cfg.split, strict=cfg.strict_data, check_images=cfg.check_images)
+    if split is None:
+        split = read_split(cfg.data, cfg.split, strict=cfg.strict_data, check_images=cfg.check_images)
     if split.skipped:
         split.write_report(out / "data_report.json")
     records = split.records[: cfg.limit] if cfg.limit else split.records
