@@ -10,10 +10,9 @@ and ``AutoProcessor`` like any real checkpoint, so the real loading path is the 
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 
+from factory.data.emoset import load_info
 from factory.families import TINY_SIZES, Family, get_family
 from factory.prompts import EMOTIONS, FORMAT_TOKENS, QUESTIONS
 
@@ -32,7 +31,7 @@ _REASONING = [
 
 
 def _corpus() -> list[str]:
-    info = json.loads(resources.files("factory.data").joinpath("info.json").read_text())
+    info = load_info()
     words = [name for key in ("scene", "object", "facial_expression", "human_action")
              for name in info[key]["label2idx"]]
     lines = list(QUESTIONS.values()) + _REASONING + [" ".join(EMOTIONS)]
