@@ -146,10 +146,21 @@ def build(cls: type[T], data: dict | None = None, where: str = "") -> T:
         raise ConfigError(f"unknown config key {full!r}{extra}; valid keys here: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            # A section whose default differs from its class defaults (svlm run's training settings):
+            # overriding one key keeps the rest of that default instead of falling back to the class's.
+            default = factory()
+            if dataclasses.is_dataclass(default):
+                value = merge(to_dict(default), value)
+            elif isinstance(default, dict):
+                value = merge(default, value)
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as exc:  # a __post_init__ check: say which section it came from
+        if where and not str(exc).startswith(where):
+            raise ConfigError(f"{where}: {exc}") from None
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None

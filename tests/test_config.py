@@ -75,3 +75,13 @@ def test_run_config_validates_sections():
         config_lib.load(RunConfig, None, ["model.family=llama"])
     with pytest.raises(ConfigError, match="fractions"):
         config_lib.load(RunConfig, None, ["data.synth.fractions=[0.5,0.1]"])
+
+
+def test_overriding_one_key_keeps_the_rest_of_a_sections_default():
+    from factory.pipeline import RunConfig
+
+    cfg = config_lib.load(RunConfig, None, ["train.stages.1_sft.max_steps=7", "train.lora.r=8"])
+    default = RunConfig()
+    assert cfg.train.stages["1_sft"] == {**default.train.stages["1_sft"], "max_steps": 7}
+    assert cfg.train.stages["4_clgrpo"] == default.train.stages["4_clgrpo"]
+    assert cfg.train.lora.r == 8 and cfg.train.lora.alpha == default.train.lora.alpha
