@@ -1,0 +1,69 @@
+"""GRPO reward functions, picked by name from one table (stage YAML: ``rewards: [format, accuracy]``).
+
+Every reward has trl 1.16's signature ``f(prompts, completions, completion_ids, **kwargs) -> list[float]``;
+extra dataset columns arrive as keyword lists, so the accuracy reward reads the ground truth from the
+``emotion`` column. Completions are conversational (a list with one assistant message) or plain strings;
+both are accepted. Judging is delegated to :func:`factory.prompts.parse_answer`, the same parser the
+evaluation uses, so what is rewarded is exactly what is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from factory.errors import ConfigError
+from factory.prompts import parse_answer
+
+
+def completion_text(completion) -> str:
+    """The text of one completion: a string, or the content of a conversational assistant turn.
+
+    >>> completion_text([{"role": "assistant", "content": "<answer>awe</answer>"}])
+    '<answer>awe</answer>'
+    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}])
+    'hi'
+    """
+    if isinstance(completion, str):
+        return completion
+    content = completion[-1]["content"] if completion else ""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content or ""
+
+
+def format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for the strict ``<think>…</think><answer>LABEL</answer>`` shape with nothing after it, else 0.0.
+
+    >>> format_reward(["<think>dark sky</think><answer>fear</answer>",
+    ...                "<think>dark sky</think><answer>fear</answer> and more",
+    ...                "<answer>fear</answer>"])
+    [1.0, 0.0, 0.0]
+    """
+    return [float(parse_answer(completion_text(c)).well_formed) for c in completions]
+
+
+def accuracy_reward(completions, emotion, **kwargs) -> list[float]:
+    """1.0 when the parsed answer equals the ground-truth ``emotion``, else 0.0 (format not required).
+
+    >>> accuracy_reward(["<think>x</think><answer>Awe</answer>", "<answer>awe</answer>", "awe"],
+    ...                 emotion=["awe", "awe", "awe"])
+    [1.0, 1.0, 0.0]
+    """
+    return [float(parse_answer(completion_text(c)).label == truth) for c, truth in zip(completions, emotion,
+                                                                                           strict=True)]
+
+
+#: Every reward a stage can name.
+REWARDS: dict[str, Callable[..., list[float]]] = {"format": format_reward, "accuracy": accuracy_reward}
+
+
+def get_rewards(names: list[str] | tuple[str, ...]) -> list[Callable[..., list[float]]]:
+    """Resolve reward names; an unknown name is a config error that lists the valid ones.
+
+    >>> [f.__name__ for f in get_rewards(["format", "accuracy"])]
+    ['format_reward', 'accuracy_reward']
+    """
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise ConfigError(f"unknown reward(s) {unknown}; valid: {sorted(REWARDS)}")
+    return [REWARDS[n] for n in names]

@@ -1,0 +1,45 @@
+"""Reward tables: each row is a completion, the ground truth and the expected rewards."""
+
+import pytest
+
+from factory.errors import ConfigError
+from factory.rewards import REWARDS, accuracy_reward, format_reward, get_rewards
+
+ROWS = [
+    # completion, truth, format, accuracy
+    ("<think>a dark alley at night</think><answer>fear</answer>", "fear", 1.0, 1.0),
+    ("<think>a dark alley at night</think><answer>fear</answer>", "sadness", 1.0, 0.0),
+    ("  <think>x</think>\n<answer> Fear </answer>\n", "fear", 1.0, 1.0),  # whitespace and case tolerated
+    ("<think>x</think><answer>fear</answer> because it is dark", "fear", 0.0, 1.0),  # text after the answer
+    ("<think>x</think><answer>fear</answer><answer>awe</answer>", "awe", 0.0, 1.0),  # last answer counts
+    ("<answer>fear</answer>", "fear", 0.0, 1.0),  # no reasoning
+    ("<think></think><answer>fear</answer>", "fear", 0.0, 1.0),  # empty reasoning
+    ("<think>x<answer>awe</answer></think><answer>fear</answer>", "fear", 0.0, 1.0),  # nested tags
+    ("<think>x</think><answer>scared</answer>", "fear", 0.0, 0.0),  # not one of the 8 labels
+    ("<think>x</think>fear", "fear", 0.0, 0.0),  # no answer block
+    ("fear", "fear", 0.0, 0.0),
+    ("", "fear", 0.0, 0.0),
+    ("<think>x</think><answer>fear", "fear", 0.0, 0.0),  # truncated
+]
+
+
+@pytest.mark.parametrize("text,truth,fmt,acc", ROWS)
+def test_reward_table(text, truth, fmt, acc):
+    conversational = [[{"role": "assistant", "content": text}]]
+    for completions in ([text], conversational):
+        assert format_reward(completions=completions, emotion=[truth]) == [fmt]
+        assert accuracy_reward(completions=completions, emotion=[truth]) == [acc]
+
+
+def test_rewards_take_trl_keyword_arguments():
+    texts = [r[0] for r in ROWS]
+    kwargs = {"prompts": [None] * len(ROWS), "completion_ids": [[1]] * len(ROWS), "image": [None] * len(ROWS),
+              "trainer_state": None}
+    assert format_reward(completions=texts, **kwargs) == [r[2] for r in ROWS]
+    assert accuracy_reward(completions=texts, emotion=[r[1] for r in ROWS], **kwargs) == [r[3] for r in ROWS]
+
+
+def test_every_reward_name_resolves_and_unknown_names_are_listed():
+    assert [f.__name__ for f in get_rewards(list(REWARDS))] == [f.__name__ for f in REWARDS.values()]
+    with pytest.raises(ConfigError, match="valid: \\['accuracy', 'format'\\]"):
+        get_rewards(["format", "fromat"])
