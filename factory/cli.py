@@ -113,6 +113,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from factory.pipeline import format_table
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.load(TrainConfig, args.config, _overrides(args, {
+        "name": "name", "output_dir": "output_dir", "data": "data", "cot": "cot", "stages": "train.select"}))
+    results = train(cfg, progress=not args.quiet)
+    print(format_table([{"stage": name, **done["eval"]} for name, done in results.items()]))
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from factory.train.stages import STAGES
+
+    for name, stage in STAGES.items():
+        extra = f" rewards {'+'.join(stage.rewards)}" if stage.rewards else ""
+        if stage.clip_low:
+            extra += f", clip [1-{stage.epsilon}, 1+{stage.epsilon_high}], num_iterations {stage.num_iterations}"
+        print(f"{name}: {stage.kind} on {stage.data}, from {stage.parent or 'the base model'}{extra}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES
 
@@ -173,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the offline attribute teacher")
     p.add_argument("--out", help="output folder; rerunning the same command resumes")
     p.add_argument("--limit", type=int, help="only the first N images")
+
+    p = add(sub, "train", "train the baseline and the four CLGRPO stages (QLoRA on CUDA, LoRA on CPU)", cmd_train,
+            overrides=True)
+    p.add_argument("--stages", help="which stages: 0-4 (default), 1-4, 2, 1,3 or full names; finished stages "
+                   "are skipped and an interrupted one resumes from its last checkpoint")
+    p.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/<stage> (default 'default')")
+    p.add_argument("--output-dir", dest="output_dir", help="where runs are written (default runs/)")
+    p.add_argument("--data", help="EmoSet root (default <run>/data, as written by svlm run)")
+    p.add_argument("--cot", help="CoT build folder (default <run>/cot)")
+    add(sub, "stages", "list the training stages and what each one does", cmd_stages)
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

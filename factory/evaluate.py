@@ -12,6 +12,16 @@ from factory.prompts import EMOTIONS, build_messages, parse_answer
 
 
 @dataclass
+class EvalConfig:
+    """How a stage is evaluated: greedy answers on a held-out split."""
+
+    split: str = "val"
+    limit: int = 0  # images evaluated per stage (0: the whole split)
+    max_new_tokens: int = 160  # the attribute teacher's traces run to ~115 tokens; truncation is a format failure
+    batch_size: int = 16
+
+
+@dataclass
 class Prediction:
     image_id: str
     emotion: str

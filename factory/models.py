@@ -11,10 +11,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.errors import SVLMError
-from factory.families import Family, family_of
+from factory.errors import ConfigError, SVLMError
+from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES, Family, family_of
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model a run starts from."""
+
+    source: str | None = None  # hub id or local path; None: build a random model of `family` at `size`
+    family: str = DEFAULT_FAMILY
+    size: str = "small"
+    seed: int = 0
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.family {self.family!r} is not registered; valid: {', '.join(FAMILIES)}")
+        if self.size not in TINY_SIZES:
+            raise ConfigError(f"model.size must be one of {list(TINY_SIZES)}, got {self.size!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass

@@ -82,12 +82,16 @@ def test_model_tiny_loads_through_auto_classes(tmp_path):
 
 def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):
     argv = ["run", "--output-dir", str(tmp_path), "--name", "t", "model.size=tiny", "data.synth.n=80",
-            "data.synth.image_size=32", "eval.limit=4", "eval.max_new_tokens=4"]
+            "data.synth.image_size=32", "eval.limit=4", "eval.max_new_tokens=4", "train.select=1-2",
+            "train.stages.1_sft.max_steps=2", "train.stages.2_grpo_format.max_steps=1",
+            "train.stages.2_grpo_format.max_completion_length=4"]
     assert main(argv) == 0
     run_dir = tmp_path / "t"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["splits"]["train"]["records"] == 64
-    assert summary["stages"][0]["n"] == 4
+    assert [row["stage"] for row in summary["stages"]] == ["base (untrained)", "1_sft", "2_grpo_format"]
+    assert all(row["n"] == 4 for row in summary["stages"])
+    assert (run_dir / "stages.png").is_file() and (run_dir / "2_grpo_format" / "adapter").is_dir()
     saved = yaml.safe_load((run_dir / "svlm_config.yaml").read_text())
     assert saved["model"]["size"] == "tiny" and saved["data"]["synth"]["out"] == str(run_dir / "data")
     assert "stage" in capsys.readouterr().out

@@ -53,4 +53,4 @@ def to_dataset(rows: list[dict]):
     import datasets
 
     ds = datasets.Dataset.from_list(rows)
-    return ds.cast_column("image", datasets.Image())
+    return ds.cast_column("image", datasets.Image(mode="RGB"))

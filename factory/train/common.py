@@ -1,0 +1,179 @@
+"""What both stage runners share: the policy model (base + trainable LoRA), the datasets, the trainer
+arguments, checkpoints and the adapter hand-over between stages.
+
+QLoRA on CUDA (nf4 + double quantization, bf16 compute, gradient checkpointing); on a CPU, LoRA over an
+fp32 base by default, because bitsandbytes' CPU 4-bit kernels are slower than fp32 matmuls there. The
+4-bit path stays reachable on a CPU with ``train.quantization=nf4`` (DESIGN.md §3 traps are handled in
+``factory.models``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from factory.errors import SVLMError
+
+if TYPE_CHECKING:
+    from factory.train.runner import TrainConfig
+    from factory.train.stages import StageConfig
+
+ADAPTER = "adapter"  # <stage>/adapter: the LoRA adapter a stage hands to the next one and to export
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class StageContext:
+    """Everything a runner needs for one stage."""
+
+    name: str
+    stage: StageConfig
+    cfg: TrainConfig
+    out: Path  # runs/<name>/<stage>
+    base: str  # base model source (hub id or directory)
+    data_root: Path
+    cot_dir: Path
+    progress: bool = True
+
+    @property
+    def parent_adapter(self) -> Path | None:
+        if self.stage.parent is None:
+            return None
+        return self.out.parent / self.stage.parent / ADAPTER
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def use_nf4(cfg: TrainConfig) -> bool:
+    return cfg.train.quantization == "nf4" or (cfg.train.quantization == "auto" and cuda())
+
+
+def lora_config(cfg: TrainConfig, family):
+    from peft import LoraConfig
+
+    lo = cfg.train.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                      target_modules=lo.target_modules or family.lora_target_modules,
+                      modules_to_save=list(lo.modules_to_save) or None, task_type="CAUSAL_LM")
+
+
+def load_policy(ctx: StageContext, trainable: bool = True):
+    """Base model (nf4 on CUDA) with the stage's LoRA adapter: the parent's, continued and trainable, or a
+    fresh one. Returns ``(peft_model, processor)``."""
+    from accelerate import PartialState
+    from peft import PeftModel, get_peft_model
+
+    from factory.models import load_model
+
+    loaded = load_model(ctx.base, load_in_4bit=use_nf4(ctx.cfg), dtype=ctx.cfg.model.dtype,
+                        device=str(PartialState().device))
+    adapter = ctx.out / ADAPTER if not trainable else ctx.parent_adapter
+    if adapter is not None:
+        if not (adapter / "adapter_config.json").is_file():
+            raise SVLMError(f"stage {ctx.name}: adapter {adapter} is missing")
+        # is_trainable=True: without it PEFT loads the adapter frozen and the stage trains nothing.
+        model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=trainable)
+    else:
+        model = get_peft_model(loaded.model, lora_config(ctx.cfg, loaded.family))
+    return model, loaded.processor
+
+
+def stage_dataset(ctx: StageContext):
+    """The stage's training rows as a ``datasets.Dataset`` (images decoded lazily, as RGB)."""
+    from factory.cot.datasets import grpo_rows, label_rows, sft_rows, to_dataset
+    from factory.data.emoset import read_split
+
+    if ctx.stage.data == "cot":
+        if not (ctx.cot_dir / "cot.jsonl").is_file():
+            raise SVLMError(f"stage {ctx.name} trains on CoT data, but {ctx.cot_dir}/cot.jsonl is missing; "
+                            "build it with `svlm cot build` or set cot=DIR")
+        rows = sft_rows(ctx.cot_dir, traces=ctx.stage.traces)
+    else:
+        records = read_split(ctx.data_root, "train", strict=False, check_images="none").records
+        rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
+    if not rows:
+        raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
+    return to_dataset(rows)
+
+
+def trainer_args(ctx: StageContext) -> dict[str, Any]:
+    """TrainingArguments shared by SFTConfig and GRPOConfig; ``stage.trl`` entries override them."""
+    import torch
+
+    s = ctx.stage
+    on_cuda = cuda()
+    gc = ctx.cfg.train.gradient_checkpointing
+    return {
+        "output_dir": str(ctx.out / CHECKPOINTS),
+        "max_steps": s.max_steps,
+        "num_train_epochs": s.epochs,
+        "learning_rate": s.learning_rate,
+        "lr_scheduler_type": s.lr_scheduler,
+        "warmup_steps": s.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        "weight_decay": s.weight_decay,
+        "max_grad_norm": s.max_grad_norm,
+        "per_device_train_batch_size": s.batch_size,
+        "gradient_accumulation_steps": s.grad_accum,
+        "save_strategy": "steps",
+        "save_steps": s.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": s.logging_steps,
+        "report_to": "none",  # TensorBoard is attached explicitly, into <stage>/tensorboard
+        "seed": ctx.cfg.train.seed,
+        # trl defaults bf16=True; on a CPU that is slow autocast, so follow the model's dtype instead.
+        "bf16": on_cuda and torch.cuda.is_bf16_supported() and ctx.cfg.model.dtype in ("auto", "bfloat16"),
+        "use_cpu": not on_cuda,
+        "gradient_checkpointing": on_cuda if gc is None else gc,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not ctx.progress,
+    }
+
+
+def callbacks(ctx: StageContext) -> list:
+    """TensorBoard event files in ``<stage>/tensorboard`` (main process only)."""
+    from accelerate import PartialState
+    from transformers.integrations import TensorBoardCallback
+
+    if not PartialState().is_main_process:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(ctx.out / "tensorboard")))]
+
+
+def last_checkpoint(ctx: StageContext) -> str | None:
+    """The newest complete checkpoint of an interrupted stage, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = ctx.out / CHECKPOINTS
+    if not ckpt.is_dir():
+        return None
+    last = get_last_checkpoint(str(ckpt))
+    # A kill during a save leaves a folder without trainer_state.json: resume from the one before it.
+    while last is not None and not (Path(last) / "trainer_state.json").is_file():
+        shutil.rmtree(last)
+        last = get_last_checkpoint(str(ckpt))
+    return last
+
+
+def run_trainer(ctx: StageContext, trainer) -> dict:
+    """Train (resuming from the last checkpoint), then hand the adapter over atomically; returns metrics."""
+    resume = last_checkpoint(ctx)
+    result = trainer.train(resume_from_checkpoint=resume)
+    history = trainer.state.log_history
+    if trainer.is_world_process_zero():
+        tmp = ctx.out / (ADAPTER + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
+        (ctx.out / "log_history.json").write_text(json.dumps(history, indent=1))
+        (ctx.out / "train_metrics.json").write_text(json.dumps({**result.metrics, "resumed_from": resume}, indent=2))
+        tmp.replace(ctx.out / ADAPTER)
+    trainer.accelerator.wait_for_everyone()
+    return {**result.metrics, "resumed_from": resume}

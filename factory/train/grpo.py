@@ -1,0 +1,48 @@
+"""The GRPO runner (stages 2-4) on trl 1.16's GRPOTrainer.
+
+Stages 2, 3 and 4 differ only in their config: which rewards (``factory.rewards``), how many steps, and
+the clip range. ClipLow GRPO is trl's asymmetric clip — ``epsilon`` is ε_low, ``epsilon_high`` is ε_high —
+with ``num_iterations ≥ 2`` so that the ratio can leave 1 (the stage table refuses settings where it
+cannot). No loss is re-implemented here. ``beta`` defaults to 0, so no reference model is kept.
+Rollouts use plain ``generate`` on the training model (DESIGN.md §3: vLLM with images + QLoRA is not a
+safe default).
+"""
+
+from __future__ import annotations
+
+from factory.rewards import get_rewards
+from factory.train.common import StageContext, callbacks, load_policy, run_trainer, stage_dataset, trainer_args
+
+
+def grpo_args(ctx: StageContext) -> dict:
+    s = ctx.stage
+    args = {
+        **trainer_args(ctx),
+        "num_generations": s.num_generations,
+        "max_completion_length": s.max_completion_length,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "num_iterations": s.num_iterations,
+        "steps_per_generation": s.steps_per_generation,
+        "epsilon": s.epsilon,
+        "epsilon_high": s.epsilon_high,
+        "beta": s.beta,
+        "loss_type": s.loss_type,
+        "reward_weights": s.reward_weights,
+        "mask_truncated_completions": s.mask_truncated_completions,
+        # The extra dataset column ``emotion`` must reach the accuracy reward.
+        "remove_unused_columns": False,
+    }
+    return {**args, **s.trl}
+
+
+def run_grpo(ctx: StageContext):
+    """Train one GRPO stage; returns ``(model, processor, metrics)``."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, processor = load_policy(ctx)
+    dataset = stage_dataset(ctx)
+    trainer = GRPOTrainer(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=GRPOConfig(**grpo_args(ctx)),
+                          train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
+    metrics = run_trainer(ctx, trainer)
+    return trainer.model, processor, metrics

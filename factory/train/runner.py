@@ -1,0 +1,188 @@
+"""``svlm train``: run the selected stages in order, each continuing its parent's adapter.
+
+Layout of one run::
+
+    runs/<name>/<stage>/adapter/          LoRA adapter (what the next stage and the exporter load)
+                        checkpoints/      trainer checkpoints (resume points), the last 2 kept
+                        tensorboard/      event files: tensorboard --logdir runs/<name>
+                        curves.png        loss, rewards, clip ratios, format rate
+                        eval.json         format rate, accuracy, macro recall on the held-out split
+                        predictions.jsonl every evaluated completion
+                        svlm_config.yaml  the resolved run config; stage.yaml the resolved stage
+                        done.json         written last: a stage with it is skipped on rerun
+
+Resuming: a killed stage restarts from its newest complete checkpoint; finished stages are skipped;
+a stage whose adapter was written but not yet evaluated is only evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from factory import config as config_lib
+from factory.errors import ConfigError, SVLMError
+from factory.evaluate import EvalConfig
+from factory.models import ModelConfig
+from factory.train.common import ADAPTER, StageContext
+from factory.train.stages import STAGE_ORDER, StageConfig, resolve_stage, select_stages
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | None = None  # a regex over module names; None: the family's registry entry
+    modules_to_save: list[str] = field(default_factory=list)  # e.g. [multi_modal_projector] to train it fully
+
+
+@dataclass
+class TrainOptions:
+    """The training knobs shared by ``svlm train`` and ``svlm run``."""
+
+    select: str = "0-4"  # which stages run (--stages)
+    quantization: Literal["auto", "nf4", "none"] = "auto"  # auto: nf4 (QLoRA) on CUDA, none on CPU
+    gradient_checkpointing: bool | None = None  # None: on with CUDA
+    seed: int = 0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    stages: dict = field(default_factory=dict)  # per-stage overrides: {1_sft: {max_steps: 300}}
+    stage_dir: str | None = None  # read <stage_dir>/<stage>.yaml instead of the built-in stage table
+
+    def __post_init__(self):
+        unknown = [k for k in self.stages if k not in STAGE_ORDER]
+        if unknown:
+            raise ConfigError(f"train.stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+        select_stages(self.select)
+
+
+@dataclass
+class TrainConfig:
+    """The resolved configuration of one ``svlm train``."""
+
+    name: str = "default"
+    output_dir: str = "runs"
+    data: str | None = None  # EmoSet root; None: <output_dir>/<name>/data (what `svlm run` writes)
+    cot: str | None = None  # CoT build; None: <output_dir>/<name>/cot
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def stage(self, name: str) -> StageConfig:
+        return resolve_stage(name, self.train.stages.get(name), self.train.stage_dir)
+
+
+def _log(msg: str) -> None:
+    print(f"[svlm train] {msg}", flush=True)
+
+
+def base_source(cfg: TrainConfig) -> str:
+    """The base model: the configured source, or a random model of family/size built once into the run."""
+    from factory.tiny import save_tiny
+
+    if cfg.model.source is not None:
+        return cfg.model.source
+    out = cfg.run_dir / "base_model"
+    if not (out / "config.json").is_file() or not (out / "processor_config.json").is_file():
+        save_tiny(cfg.model.family, cfg.model.size, out, seed=cfg.model.seed)
+        _log(f"built a random-weight {cfg.model.family}/{cfg.model.size} model at {out}")
+    return str(out)
+
+
+def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
+    """Resolve and check every selected stage before anything trains, so a bad config fails in seconds."""
+    stages = {name: cfg.stage(name) for name in names}
+    for name, stage in stages.items():
+        parent = stage.parent
+        if parent is None or parent in stages:
+            continue
+        adapter = cfg.run_dir / parent / ADAPTER
+        if not (adapter / "adapter_config.json").is_file():
+            first = STAGE_ORDER.index(parent)
+            raise ConfigError(
+                f"stage {name} continues from {parent}, whose adapter {adapter} does not exist; run it first "
+                f"(--stages {first}-{STAGE_ORDER.index(name)}) or set train.stages.{name}.parent")
+    return stages
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
+    """Run the stages (default: ``cfg.train.select``); returns ``{stage: done.json contents}``."""
+    from accelerate import PartialState
+
+    from factory.data.emoset import read_split
+    from factory.evaluate import evaluate
+    from factory.train.common import load_policy
+    from factory.train.grpo import run_grpo
+    from factory.train.plots import plot_stage
+    from factory.train.sft import run_sft
+
+    runners = {"sft": run_sft, "grpo": run_grpo}
+    names = names if names is not None else select_stages(cfg.train.select)
+    stages = plan(cfg, names)
+    run_dir = cfg.run_dir
+    data_root = Path(cfg.data) if cfg.data else run_dir / "data"
+    cot_dir = Path(cfg.cot) if cfg.cot else run_dir / "cot"
+    if not (data_root / "train.json").is_file():
+        raise SVLMError(f"no EmoSet train split at {data_root}; set data=ROOT or create it with `svlm run`")
+    state = PartialState()
+    base = base_source(cfg) if state.is_main_process else None
+    state.wait_for_everyone()
+    base = base or base_source(cfg)
+    eval_records = read_split(data_root, cfg.eval.split, strict=False, check_images="none").records
+    if cfg.eval.limit:
+        eval_records = eval_records[: cfg.eval.limit]
+    results: dict[str, dict] = {}
+    for name, stage in stages.items():
+        out = run_dir / name
+        if (out / "done.json").is_file():
+            results[name] = _read_json(out / "done.json")
+            _log(f"{name}: already done, skipped ({out / 'done.json'})")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        if state.is_main_process:
+            config_lib.save(cfg, out)
+            config_lib.save(stage, out, filename="stage.yaml")
+        ctx = StageContext(name, stage, cfg, out, base, data_root, cot_dir, progress)
+        t0 = time.time()
+        if (out / ADAPTER / "adapter_config.json").is_file():
+            _log(f"{name}: adapter already trained; evaluating only")
+            model, processor = load_policy(ctx, trainable=False)
+            metrics = _read_json(out / "train_metrics.json") if (out / "train_metrics.json").is_file() else {}
+        else:
+            parent = f"continuing {stage.parent}" if stage.parent else "fresh LoRA on the base"
+            _log(f"{name}: {stage.kind} on {stage.data} data, {parent}")
+            model, processor, metrics = runners[stage.kind](ctx)
+        train_seconds = round(time.time() - t0, 1)
+        if not state.is_main_process:
+            continue
+        model.eval()
+        t1 = time.time()
+        result = evaluate(model, processor, eval_records, style=stage.eval_style,
+                          max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=progress)
+        with (out / "predictions.jsonl").open("w") as fh:
+            for p in result.predictions:
+                fh.write(json.dumps(p.__dict__) + "\n")
+        (out / "eval.json").write_text(json.dumps(result.metrics(), indent=2))
+        history = _read_json(out / "log_history.json") if (out / "log_history.json").is_file() else []
+        plot = plot_stage(history, out / "curves.png", f"{cfg.name} / {name}")
+        done = {"stage": name, "kind": stage.kind, "parent": stage.parent, "eval": result.metrics(),
+                "train": metrics, "train_seconds": train_seconds, "eval_seconds": round(time.time() - t1, 1),
+                "adapter": str(out / ADAPTER), "curves": str(plot) if plot else None}
+        (out / "done.json").write_text(json.dumps(done, indent=2))
+        results[name] = done
+        m = result.metrics()
+        _log(f"{name}: format {m['format_rate']:.1%}, accuracy {m['accuracy']:.1%} on {m['n']} "
+             f"{cfg.eval.split} images ({train_seconds} s training)")
+        del model
+    return results

@@ -1,0 +1,179 @@
+"""The stage table: the paper's four stages and the label-only baseline, their parents and default knobs.
+
+``configs/stages/<name>.yaml`` spells out each entry (a test keeps them equal). The three GRPO stages
+differ only in data: rewards, steps and clip settings. The defaults are sized for a real ≤ 2B model on
+one 24 GB GPU; ``svlm run`` overrides steps and learning rates for its small random model on a CPU.
+
+Incremental training (DESIGN.md §1): every stage with a parent loads the parent's LoRA adapter *as
+trainable* and keeps training it, rather than merging it and starting a new adapter. With QLoRA the base
+is nf4, and merging into it would either dequantize (a full-precision copy per stage) or round the merged
+weights back to 4 bits, losing part of what the previous stage learned; one continued adapter avoids both
+and leaves a single adapter to merge at export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from factory import config as config_lib
+from factory.errors import ConfigError
+from factory.rewards import REWARDS
+
+
+@dataclass
+class StageConfig:
+    """One stage. SFT stages read the ``sft`` knobs, GRPO stages the ``grpo`` ones; both read the rest."""
+
+    kind: Literal["sft", "grpo"] = "sft"
+    parent: str | None = None  # the stage whose adapter this one continues; None: a fresh adapter on the base
+    # cot: verified CoT traces; labels: label-only answers (the baseline); prompts: train images + labels (GRPO)
+    data: Literal["cot", "labels", "prompts"] = "cot"
+    traces: Literal["all", "first"] = "all"  # cot data: every verified trace, or one per image
+    eval_style: Literal["cot", "label"] = "cot"  # the question asked at evaluation
+    # optimisation
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 8  # per device; GRPO: completions per device step (prompts × num_generations)
+    grad_accum: int = 1
+    save_steps: int = 100  # checkpoint interval: what a killed run resumes from
+    logging_steps: int = 5
+    # sft
+    max_length: int | None = 1024  # prompt + image tokens + answer; longer examples are cut at the end
+    # grpo
+    rewards: list[str] = field(default_factory=list)
+    reward_weights: list[float] | None = None
+    num_generations: int = 8  # G: completions per prompt, compared with each other for the advantage
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_iterations: int = 1  # optimizer passes per generation batch (μ in the GRPO paper)
+    steps_per_generation: int | None = None  # None: grad_accum
+    epsilon: float = 0.2  # ε_low: ratio clipped from below at 1 − ε_low
+    epsilon_high: float | None = None  # ε_high: ratio clipped from above at 1 + ε_high; None: = epsilon
+    clip_low: bool = False  # ClipLow (CLGRPO): require ε_low < ε_high and a setting in which the clip acts
+    beta: float = 0.0  # KL weight; 0 keeps no reference model (trl's default)
+    loss_type: str = "dapo"
+    mask_truncated_completions: bool = False
+    trl: dict = field(default_factory=dict)  # any other SFTConfig/GRPOConfig argument, passed through as is
+
+    def __post_init__(self):
+        if self.kind == "sft":
+            if self.data == "prompts":
+                raise ConfigError("an sft stage trains on data: cot or data: labels, not prompts")
+            if self.rewards:
+                raise ConfigError("an sft stage takes no rewards; set kind: grpo for reward training")
+        else:
+            if self.data != "prompts":
+                raise ConfigError(f"a grpo stage samples from data: prompts, got data: {self.data}")
+            if not self.rewards:
+                raise ConfigError(f"a grpo stage needs rewards; valid: {sorted(REWARDS)}")
+            unknown = [r for r in self.rewards if r not in REWARDS]
+            if unknown:
+                raise ConfigError(f"unknown reward(s) {unknown}; valid: {sorted(REWARDS)}")
+            if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+                raise ConfigError(f"reward_weights has {len(self.reward_weights)} entries for "
+                                  f"{len(self.rewards)} rewards; give one weight per reward or none")
+            if self.num_generations < 2:
+                raise ConfigError("num_generations must be ≥ 2: GRPO's advantage compares completions of a prompt")
+            per_generation = self.batch_size * (self.steps_per_generation or self.grad_accum)
+            if per_generation % self.num_generations:
+                raise ConfigError(
+                    f"batch_size × steps_per_generation = {per_generation} completions per generation batch is not "
+                    f"a multiple of num_generations={self.num_generations}; set batch_size to a multiple of "
+                    f"{self.num_generations} (e.g. {2 * self.num_generations} for 2 prompts per step)")
+            self._check_clip()
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set max_steps > 0 or epochs > 0")
+
+    @property
+    def clip_can_act(self) -> bool:
+        """Whether the policy that scores a batch can differ from the one that sampled it (DESIGN.md §1)."""
+        return self.num_iterations > 1 or (self.steps_per_generation or self.grad_accum) > self.grad_accum
+
+    def _check_clip(self) -> None:
+        high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        if self.clip_low and not self.epsilon < high:
+            raise ConfigError(f"clip_low needs epsilon (ε_low) < epsilon_high (ε_high); got epsilon={self.epsilon}, "
+                              f"epsilon_high={self.epsilon_high}; e.g. set epsilon: 0.1, epsilon_high: 0.2")
+        if (self.clip_low or high != self.epsilon) and not self.clip_can_act:
+            raise ConfigError(
+                f"the clip range [1-{self.epsilon}, 1+{high}] never acts with num_iterations=1 and one optimizer step "
+                "per generation batch: the importance ratio is exactly 1, so this stage would silently equal plain "
+                "GRPO. Set num_iterations: 2 (or steps_per_generation > grad_accum)")
+
+
+def _grpo(**kw) -> StageConfig:
+    base = dict(kind="grpo", data="prompts", learning_rate=2e-5, batch_size=16, num_generations=8,
+                max_completion_length=512, save_steps=25, logging_steps=1)
+    return StageConfig(**{**base, **kw})
+
+
+#: The stage table, in run order. ``parent`` is the one stage → parent map.
+STAGES: dict[str, StageConfig] = {
+    # The paper's comparison: the same model fine-tuned to answer with the label only.
+    "0_baseline": StageConfig(kind="sft", data="labels", eval_style="label", epochs=1.0, learning_rate=1e-4,
+                              grad_accum=2),
+    # Stage 1: domain knowledge from the verified CoT traces.
+    "1_sft": StageConfig(kind="sft", data="cot", epochs=1.0, learning_rate=1e-4, grad_accum=2),
+    # Stage 2: a small amount of GRPO on the format alone.
+    "2_grpo_format": _grpo(parent="1_sft", rewards=["format"], max_steps=50),
+    # Stage 3: format + accuracy.
+    "3_grpo_accuracy": _grpo(parent="2_grpo_format", rewards=["format", "accuracy"], max_steps=300),
+    # Stage 4: ClipLow GRPO (OURS): the lower clip bound tightened from 0.2 to 0.1, the upper one kept; two
+    # passes over each generation batch so that the clip acts at all.
+    "4_clgrpo": _grpo(parent="3_grpo_accuracy", rewards=["format", "accuracy"], max_steps=300, epsilon=0.1,
+                      epsilon_high=0.2, clip_low=True, num_iterations=2),
+}
+STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+
+
+def select_stages(spec: str) -> list[str]:
+    """Stage names from ``"0-4"``, ``"1,3"``, ``"2"``, ``"all"`` or full names, in run order.
+
+    >>> select_stages("1-3")
+    ['1_sft', '2_grpo_format', '3_grpo_accuracy']
+    >>> select_stages("4_clgrpo,0")
+    ['0_baseline', '4_clgrpo']
+    """
+    by_index = {name.split("_", 1)[0]: name for name in STAGE_ORDER}
+    chosen: set[str] = set()
+    for part in str(spec).replace(" ", "").split(","):
+        if part in ("all", ""):
+            chosen.update(STAGE_ORDER if part == "all" else ())
+        elif "-" in part:
+            lo, _, hi = part.partition("-")
+            if lo not in by_index or hi not in by_index or int(lo) > int(hi):
+                raise ConfigError(f"bad stage range {part!r}; stages are {', '.join(STAGE_ORDER)}")
+            chosen.update(by_index[str(i)] for i in range(int(lo), int(hi) + 1))
+        elif part in by_index or part in STAGES:
+            chosen.add(by_index.get(part, part))
+        else:
+            raise ConfigError(f"unknown stage {part!r}; stages are {', '.join(STAGE_ORDER)} (or ranges like 1-4)")
+    return [name for name in STAGE_ORDER if name in chosen]
+
+
+def resolve_stage(name: str, overrides: dict | None = None, stage_dir: str | None = None) -> StageConfig:
+    """The stage's config: the table entry (or ``<stage_dir>/<name>.yaml``), then ``overrides``."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
+    base = config_lib.to_dict(STAGES[name])
+    if stage_dir is not None:
+        base = config_lib.read_yaml(Path(stage_dir) / f"{name}.yaml")
+    data = config_lib.merge(base, overrides or {})
+    cfg = config_lib.build(StageConfig, data, where=f"stages.{name}")
+    if cfg.parent is not None and (cfg.parent not in STAGES or STAGE_ORDER.index(cfg.parent)
+                                   >= STAGE_ORDER.index(name)):
+        raise ConfigError(f"stages.{name}.parent must be an earlier stage, got {cfg.parent!r}")
+    return cfg
+
+
+def stage_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(StageConfig)]

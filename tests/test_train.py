@@ -1,0 +1,271 @@
+"""The stage runners on a tiny model: every stage trains its adapter and leaves the base alone, stages
+continue their parent's adapter, a killed stage resumes, and settings that cannot work are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from factory import config as config_lib
+from factory.errors import ConfigError
+from factory.train import common, grpo, sft
+from factory.train.runner import TrainConfig, plan, train
+from factory.train.stages import STAGE_ORDER, STAGES, StageConfig, resolve_stage, select_stages
+
+GRPO_TINY = {"batch_size": 4, "num_generations": 2, "max_completion_length": 12, "save_steps": 1}
+
+
+def varied_reward(completions, **kwargs):
+    """A test-only reward with spread: a random tiny model never writes the format, so format and accuracy
+    alone give every completion 0 and GRPO's advantage (and update) would be exactly zero."""
+    from factory.rewards import completion_text
+
+    return [len(set(completion_text(c))) / 10 for c in completions]
+
+
+@pytest.fixture(autouse=True)
+def register_varied_reward(monkeypatch):
+    from factory import rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "varied", varied_reward)
+
+
+@pytest.fixture(scope="module")
+def cot_dir(synth_root, tmp_path_factory):
+    from factory.cot.build import CotConfig, build
+
+    out = tmp_path_factory.mktemp("cot") / "cot"
+    build(CotConfig(data=str(synth_root), split="train", out=str(out)), progress=False)
+    return out
+
+
+def tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, **train_kw) -> TrainConfig:
+    stages = {name: {"max_steps": 2, "save_steps": 1, "logging_steps": 1, "batch_size": 4} for name in STAGE_ORDER}
+    for name in ("2_grpo_format", "3_grpo_accuracy", "4_clgrpo"):
+        stages[name].update(GRPO_TINY, rewards=STAGES[name].rewards + ["varied"])
+    data = {"output_dir": str(tmp_path), "name": "t", "data": str(synth_root), "cot": str(cot_dir),
+            "model": {"source": str(tiny_dirs("internvl"))},
+            "eval": {"limit": 4, "max_new_tokens": 8, "batch_size": 4},
+            "train": {"lora": {"r": 4, "alpha": 8}, "stages": stages, **train_kw}}
+    return config_lib.build(TrainConfig, data)
+
+
+class Snapshots:
+    """Wraps ``load_policy`` to record every parameter at load time, for before/after comparisons."""
+
+    def __init__(self):
+        self.loaded: dict[str, dict[str, torch.Tensor]] = {}
+
+    def wrap(self, fn):
+        def load(ctx, trainable=True):
+            model, processor = fn(ctx, trainable)
+            if trainable:
+                self.loaded[ctx.name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            return model, processor
+        return load
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_root, cot_dir, tiny_dirs):
+    """All five stages, 2 steps each, on the tiny InternVL; the models each runner returned."""
+    from factory import rewards
+
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), synth_root, cot_dir, tiny_dirs)
+    snaps, finals = Snapshots(), {}
+
+    def keep(fn):
+        def run(ctx):
+            model, processor, metrics = fn(ctx)
+            finals[ctx.name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            return model, processor, metrics
+        return run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rewards.REWARDS, "varied", varied_reward)
+        mp.setattr(sft, "load_policy", snaps.wrap(common.load_policy))
+        mp.setattr(grpo, "load_policy", snaps.wrap(common.load_policy))
+        mp.setattr(sft, "run_sft", keep(sft.run_sft))
+        mp.setattr(grpo, "run_grpo", keep(grpo.run_grpo))
+        results = train(cfg, progress=False)
+    return cfg, results, snaps.loaded, finals
+
+
+def test_every_stage_trains_its_adapter_and_leaves_the_base_frozen(trained):
+    cfg, results, before, after = trained
+    assert list(results) == list(STAGE_ORDER)
+    for name in STAGE_ORDER:
+        lora = [n for n in before[name] if "lora_" in n]
+        assert lora, f"{name}: no LoRA parameters"
+        changed = [n for n in lora if not torch.equal(before[name][n], after[name][n])]
+        assert changed, f"{name}: no trainable weight changed"
+        frozen = [n for n in before[name] if "lora_" not in n]
+        moved = [n for n in frozen if not torch.equal(before[name][n], after[name][n])]
+        assert not moved, f"{name}: frozen base weights changed: {moved[:3]}"
+
+
+def test_each_stage_starts_from_its_parents_weights(trained):
+    from safetensors.torch import load_file
+
+    cfg, results, before, after = trained
+    for name in STAGE_ORDER:
+        parent = STAGES[name].parent
+        lora_at_start = {n: t for n, t in before[name].items() if "lora_" in n}
+        if parent is None:  # a fresh adapter: B starts at zero
+            assert all(not t.any() for n, t in lora_at_start.items() if "lora_B" in n)
+            continue
+        saved = load_file(str(cfg.run_dir / parent / "adapter" / "adapter_model.safetensors"))
+        assert len(saved) == len(lora_at_start)
+        for key, tensor in saved.items():
+            live = [n for n in lora_at_start if n.replace(".default", "") == key]
+            assert live and torch.equal(lora_at_start[live[0]], tensor), f"{name} did not start from {parent}: {key}"
+
+
+def test_stage_outputs_are_written(trained):
+    cfg, results, _, _ = trained
+    for name in STAGE_ORDER:
+        out = cfg.run_dir / name
+        for f in ("adapter/adapter_config.json", "done.json", "eval.json", "predictions.jsonl", "stage.yaml",
+                  "svlm_config.yaml", "log_history.json", "curves.png"):
+            assert (out / f).is_file(), f"{name}: {f} missing"
+        assert any((out / "tensorboard").iterdir())
+        assert results[name]["eval"]["n"] == 4
+    history = json.loads((cfg.run_dir / "4_clgrpo" / "log_history.json").read_text())
+    logged = set().union(*history)
+    assert {"clip_ratio/low_mean", "rewards/format_reward/mean", "rewards/accuracy_reward/mean"} <= logged
+
+
+def test_a_finished_run_is_skipped(trained, capsys):
+    cfg, results, _, _ = trained
+    stamp = (cfg.run_dir / "1_sft" / "done.json").stat().st_mtime_ns
+    again = train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    assert again["1_sft"] == results["1_sft"]
+    assert (cfg.run_dir / "1_sft" / "done.json").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.count("already done, skipped") == 2
+
+
+class Kill(Exception):
+    pass
+
+
+def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, cot_dir, tiny_dirs):
+    from transformers import TrainerCallback
+
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
+    cfg.train.stages["1_sft"].update(max_steps=4, save_steps=2)
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Kill
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sft, "callbacks", lambda ctx: [KillAtStep3()])
+        with pytest.raises(Kill):
+            train(cfg, ["1_sft"], progress=False)
+    out = cfg.run_dir / "1_sft"
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "done.json").exists()
+    results = train(cfg, ["1_sft"], progress=False)
+    assert results["1_sft"]["train"]["resumed_from"].endswith("checkpoint-2")
+    history = json.loads((out / "log_history.json").read_text())
+    assert max(r["step"] for r in history) == 4
+
+
+def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path):
+    import shutil
+
+    cfg, results, _, _ = trained
+    shutil.copytree(cfg.run_dir, tmp_path / "t")
+    cfg2 = config_lib.build(TrainConfig, {**config_lib.to_dict(cfg), "output_dir": str(tmp_path)})
+    out = cfg2.run_dir / "0_baseline"
+    (out / "done.json").unlink()
+    stamp = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = train(cfg2, ["0_baseline"], progress=False)
+    assert again["0_baseline"]["eval"] == results["0_baseline"]["eval"]
+    assert (out / "done.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+
+
+def test_nf4_path_trains_on_cpu_behind_the_flag(tmp_path, synth_root, cot_dir, tiny_dirs):
+    import bitsandbytes as bnb
+
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, quantization="nf4")
+    snaps, seen = Snapshots(), {}
+
+    def run(ctx):
+        model, processor, metrics = original(ctx)
+        seen["4bit"] = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+        seen["after"] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+        return model, processor, metrics
+
+    original = sft.run_sft
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sft, "load_policy", snaps.wrap(common.load_policy))
+        mp.setattr(sft, "run_sft", run)
+        train(cfg, ["1_sft"], progress=False)
+    assert seen["4bit"] > 0
+    start = snaps.loaded["1_sft"]
+    assert any(not torch.equal(start[n].to(t.dtype), t) for n, t in seen["after"].items())
+
+
+# --- config validation ------------------------------------------------------------------------------
+
+
+def test_select_stages():
+    assert select_stages("0-4") == list(STAGE_ORDER)
+    assert select_stages("all") == list(STAGE_ORDER)
+    assert select_stages("3,1") == ["1_sft", "3_grpo_accuracy"]
+    for bad in ("5", "3-1", "sft"):
+        with pytest.raises(ConfigError, match="stage"):
+            select_stages(bad)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_iterations": 1}, "num_iterations: 2"),  # ClipLow that cannot act
+    ({"epsilon": 0.2, "epsilon_high": 0.2}, "epsilon \\(ε_low\\) < epsilon_high"),
+    ({"batch_size": 12}, "multiple of num_generations=8"),
+    ({"num_generations": 1, "batch_size": 4}, "num_generations must be ≥ 2"),
+    ({"rewards": ["format", "fromat"]}, "unknown reward"),
+    ({"rewards": []}, "needs rewards"),
+    ({"reward_weights": [1.0]}, "one weight per reward"),
+    ({"data": "cot"}, "data: prompts"),
+    ({"parent": "4_clgrpo"}, "earlier stage"),
+    ({"learning_rte": 1e-5}, "did you mean 'learning_rate'"),
+])
+def test_stage_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_stage("4_clgrpo", overrides)
+
+
+def test_asymmetric_clip_without_clip_low_must_also_be_able_to_act():
+    with pytest.raises(ConfigError, match="never acts"):
+        resolve_stage("3_grpo_accuracy", {"epsilon_high": 0.3})
+    # more optimizer steps than generation batches also lets the clip act
+    assert resolve_stage("4_clgrpo", {"num_iterations": 1, "steps_per_generation": 2, "batch_size": 8}).clip_can_act
+
+
+def test_sft_stage_rejects_grpo_settings():
+    with pytest.raises(ConfigError, match="takes no rewards"):
+        StageConfig(kind="sft", rewards=["format"])
+
+
+def test_missing_parent_output_is_refused_with_what_to_run(tmp_path, synth_root, cot_dir, tiny_dirs):
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
+    with pytest.raises(ConfigError, match="continues from 2_grpo_format.*--stages 2-3"):
+        plan(cfg, ["3_grpo_accuracy"])
+
+
+def test_unknown_stage_override_is_refused():
+    with pytest.raises(ConfigError, match="unknown stage"):
+        config_lib.build(TrainConfig, {"train": {"stages": {"5_dpo": {}}}})
+
+
+def test_cli_train_errors_exit_2(tmp_path, synth_root, capsys):
+    from factory.cli import main
+
+    code = main(["train", "--stages", "4", "--output-dir", str(tmp_path), "--data", str(synth_root), "-q"])
+    assert code == 2
+    assert "continues from 3_grpo_accuracy" in capsys.readouterr().err
+    code = main(["train", "--output-dir", str(tmp_path), "train.stages.4_clgrpo.num_iterations=1"])
+    assert code == 2 and "num_iterations: 2" in capsys.readouterr().err
