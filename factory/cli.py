@@ -136,7 +136,7 @@ def cmd_stages(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES
+    from factory.families import DEFAULT_FAMILY, FAMILIES, MODEL_SIZES
 
     parser = argparse.ArgumentParser(prog="svlm", description="SVLM Factory: CLGRPO training of small VLMs "
                                      "for visual emotion recognition, exported to quantized ONNX.")
@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="model_command", required=True, metavar="SUBCOMMAND")
     p = add(model, "tiny", "write a random-weight model that loads like a hub checkpoint", cmd_model_tiny)
     p.add_argument("--family", default=DEFAULT_FAMILY, choices=list(FAMILIES))
-    p.add_argument("--size", default="tiny", choices=list(TINY_SIZES),
-                   help="tiny: unit tests; small: ~10M parameters, for learning runs on a CPU")
+    p.add_argument("--size", default="tiny", choices=list(MODEL_SIZES),
+                   help="tiny: unit tests; small: ~10M parameters, for learning runs on a CPU; "
+                   "*-shape: real sizes with random weights, for GPU memory checks")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")

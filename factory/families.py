@@ -29,6 +29,19 @@ TINY_SIZES: dict[str, dict[str, int]] = {
                   v_hidden=256, v_intermediate=512, v_layers=4, v_heads=4, image=96, patch=12),
 }
 
+# Real-size shapes with random weights, for GPU memory/throughput checks (benchmarks/). The tokenizer is
+# still the small local BPE; ``vocab_pad`` pads the embedding and head to the real vocabulary so their
+# memory is real. InternVL3-1B: InternViT-300M (24 x 1024) + Qwen2.5-0.5B (24 x 896); -2B: + Qwen2.5-1.5B.
+REAL_SHAPES: dict[str, dict[str, int]] = {
+    "internvl3-1b-shape": dict(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=4096,
+                               vocab_pad=151674, v_hidden=1024, v_intermediate=4096, v_layers=24, v_heads=16,
+                               image=448, patch=14),
+    "internvl3-2b-shape": dict(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vocab=4096,
+                               vocab_pad=151674, v_hidden=1024, v_intermediate=4096, v_layers=24, v_heads=16,
+                               image=448, patch=14),
+}
+MODEL_SIZES: dict[str, dict[str, int]] = {**TINY_SIZES, **REAL_SHAPES}
+
 
 @dataclass(frozen=True)
 class OnnxSplit:
@@ -133,7 +146,7 @@ def _smolvlm_template() -> str:
 
 # --- tiny builders --------------------------------------------------------------------------------------
 def _text_kwargs(s: dict, vocab: int) -> dict:
-    return dict(vocab_size=vocab, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+    return dict(vocab_size=max(vocab, s.get("vocab_pad", 0)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
                 num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                 num_key_value_heads=s["kv_heads"], max_position_embeddings=2048)
 
@@ -147,7 +160,7 @@ def _lm_config(cls, s: dict, tok):
 def _build_internvl(fam: Family, size: str, tok):
     import transformers as tf
 
-    s = TINY_SIZES[size]
+    s = MODEL_SIZES[size]
     image_seq = (s["image"] // s["patch"]) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
     text = _lm_config(tf.Qwen2Config, s, tok)
     vision = tf.InternVLVisionConfig(hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
@@ -167,7 +180,7 @@ def _build_internvl(fam: Family, size: str, tok):
 def _build_smolvlm(fam: Family, size: str, tok):
     import transformers as tf
 
-    s = TINY_SIZES[size]
+    s = MODEL_SIZES[size]
     scale = 2
     image_seq = (s["image"] // s["patch"]) ** 2 // scale**2
     text = _lm_config(tf.LlamaConfig, s, tok)
@@ -188,7 +201,7 @@ def _build_smolvlm(fam: Family, size: str, tok):
 def _build_qwen2vl(fam: Family, size: str, tok):
     import transformers as tf
 
-    s = TINY_SIZES[size]
+    s = MODEL_SIZES[size]
     head_dim = s["hidden"] // s["heads"]
     # M-RoPE splits the rotary half-dimension into temporal/height/width sections: 1/4, 3/8, 3/8 as in
     # Qwen2-VL-2B's [16, 24, 24] for head_dim 128.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, SVLMError
-from factory.families import DEFAULT_FAMILY, FAMILIES, TINY_SIZES, Family, family_of
+from factory.families import DEFAULT_FAMILY, FAMILIES, MODEL_SIZES, Family, family_of
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -30,8 +30,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ConfigError(f"model.family {self.family!r} is not registered; valid: {', '.join(FAMILIES)}")
-        if self.size not in TINY_SIZES:
-            raise ConfigError(f"model.size must be one of {list(TINY_SIZES)}, got {self.size!r}")
+        if self.size not in MODEL_SIZES:
+            raise ConfigError(f"model.size must be one of {list(MODEL_SIZES)}, got {self.size!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory.data.emoset import load_info
-from factory.families import TINY_SIZES, Family, get_family
+from factory.families import MODEL_SIZES, Family, get_family
 from factory.prompts import EMOTIONS, FORMAT_TOKENS, QUESTIONS
 
 # A few reasoning sentences so common words become single tokens; the attribute vocabularies add the rest.
@@ -64,9 +64,9 @@ def build_tiny(family: str | Family, size: str = "tiny", seed: int = 0):
     from transformers import GenerationConfig
 
     fam = get_family(family) if isinstance(family, str) else family
-    if size not in TINY_SIZES:
-        raise ValueError(f"unknown tiny size {size!r}; valid: {list(TINY_SIZES)}")
-    tok = train_tokenizer(fam, TINY_SIZES[size]["vocab"])
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid: {list(MODEL_SIZES)}")
+    tok = train_tokenizer(fam, MODEL_SIZES[size]["vocab"])
     config, processor = fam.build_tiny(fam, size, tok)
     torch.manual_seed(seed)
     model = fam.model_cls()(config)
@@ -77,7 +77,13 @@ def build_tiny(family: str | Family, size: str = "tiny", seed: int = 0):
 
 def save_tiny(family: str, size: str, out: str | Path, seed: int = 0) -> Path:
     """Build a tiny model and save model + processor to ``out`` (loadable with the Auto classes)."""
+    import torch
+
+    from factory.families import REAL_SHAPES
+
     model, processor = build_tiny(family, size, seed)
+    if size in REAL_SHAPES:  # ~1-2B parameters: bf16 halves the write, as real checkpoints ship
+        model.to(torch.bfloat16)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -143,7 +143,11 @@ def callbacks(ctx: StageContext) -> list:
 
     if not PartialState().is_main_process:
         return []
-    from torch.utils.tensorboard import SummaryWriter
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # a bare GPU image may lack it; training must not depend on its logger
+        print("[svlm train] tensorboard is not installed: no event files (curves.png is still drawn)")
+        return []
 
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(ctx.out / "tensorboard")))]
 
