@@ -57,7 +57,10 @@ def _grpo_cpu(steps: int) -> dict:
 def default_train() -> TrainOptions:
     """``svlm run``'s training settings: the stage table with CPU-sized steps for the small random model."""
     return TrainOptions(
-        lora=LoraSettings(r=64, alpha=128, dropout=0.0),  # rank 16 left stage 1 at ~68 % format; 64 reaches ≥ 95 %
+        # Rank 16 left stage 1 at ~68 % format; 64 reaches ≥ 95 %. The random output layer trains too: frozen,
+        # stage 1 answered right greedily but sampled from a near-uniform distribution (entropy 7.8 of at most
+        # 8.3 nats), so no GRPO sample at temperature 1 had the format and every advantage was zero.
+        lora=LoraSettings(r=64, alpha=128, dropout=0.0, modules_to_save=["lm_head"]),
         stages={
             "0_baseline": {"max_steps": 100, "learning_rate": 2e-3, "grad_accum": 1, "save_steps": 50},
             "1_sft": {"max_steps": 300, "learning_rate": 2e-3, "grad_accum": 1, "save_steps": 50},

@@ -32,3 +32,13 @@ def tiny_dirs(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def cot_dir(synth_root, tmp_path_factory):
+    """A CoT build of the synthetic train split (offline attribute teacher)."""
+    from factory.cot.build import CotConfig, build
+
+    out = tmp_path_factory.mktemp("cot") / "cot"
+    build(CotConfig(data=str(synth_root), split="train", out=str(out)), progress=False)
+    return out

@@ -32,15 +32,6 @@ def register_varied_reward(monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "varied", varied_reward)
 
 
-@pytest.fixture(scope="module")
-def cot_dir(synth_root, tmp_path_factory):
-    from factory.cot.build import CotConfig, build
-
-    out = tmp_path_factory.mktemp("cot") / "cot"
-    build(CotConfig(data=str(synth_root), split="train", out=str(out)), progress=False)
-    return out
-
-
 def tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, **train_kw) -> TrainConfig:
     stages = {name: {"max_steps": 2, "save_steps": 1, "logging_steps": 1, "batch_size": 4} for name in STAGE_ORDER}
     for name in ("2_grpo_format", "3_grpo_accuracy", "4_clgrpo"):

@@ -116,6 +116,13 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _write_json(path: Path, obj) -> None:
+    """Write via a temporary file and a rename, so a kill never leaves half a done.json behind."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
 def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
     """Run the stages (default: ``cfg.train.select``); returns ``{stage: done.json contents}``."""
     from accelerate import PartialState
@@ -173,13 +180,13 @@ def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = Tru
         with (out / "predictions.jsonl").open("w") as fh:
             for p in result.predictions:
                 fh.write(json.dumps(p.__dict__) + "\n")
-        (out / "eval.json").write_text(json.dumps(result.metrics(), indent=2))
+        _write_json(out / "eval.json", result.metrics())
         history = _read_json(out / "log_history.json") if (out / "log_history.json").is_file() else []
         plot = plot_stage(history, out / "curves.png", f"{cfg.name} / {name}")
         done = {"stage": name, "kind": stage.kind, "parent": stage.parent, "eval": result.metrics(),
                 "train": metrics, "train_seconds": train_seconds, "eval_seconds": round(time.time() - t1, 1),
                 "adapter": str(out / ADAPTER), "curves": str(plot) if plot else None}
-        (out / "done.json").write_text(json.dumps(done, indent=2))
+        _write_json(out / "done.json", done)
         results[name] = done
         m = result.metrics()
         _log(f"{name}: format {m['format_rate']:.1%}, accuracy {m['accuracy']:.1%} on {m['n']} "
