@@ -142,7 +142,11 @@ def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = Tru
     cot_dir = Path(cfg.cot) if cfg.cot else run_dir / "cot"
     if not (data_root / "train.json").is_file():
         raise SVLMError(f"no EmoSet train split at {data_root}; set data=ROOT or create it with `svlm run`")
-    state = PartialState()
+    import torch
+
+    # Initialise the process group now (gloo on a CPU), as the Trainer would later: before that, every
+    # process of a launch would believe it is the main one and race on the same files.
+    state = PartialState(cpu=not torch.cuda.is_available())
     base = base_source(cfg) if state.is_main_process else None
     state.wait_for_everyone()
     base = base or base_source(cfg)
