@@ -124,6 +124,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from export.build import ExportConfig, export
+
+    quant = args.quant.split(",") if args.quant else None
+    cfg = config_lib.load(ExportConfig, args.config, _overrides(args, {
+        "run": "run", "stage": "stage", "model": "model", "out": "out", "block_size": "block_size",
+        "overwrite": "overwrite"}) + ([f"quant={json.dumps(quant)}"] if quant else []))
+    manifests = export(cfg)
+    for quant, m in manifests.items():
+        v = m["validation"]
+        print(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB; max |Δlogits| vs PyTorch {v['max_abs_logit_diff']:.2e}; "
+              f"greedy tokens identical {v['greedy_tokens_identical']:.0%}; labels agree {v['label_agreement']:.0%}")
+    return 0
+
+
 def cmd_stages(args) -> int:
     from factory.train.stages import STAGES
 
@@ -206,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="EmoSet root (default <run>/data, as written by svlm run)")
     p.add_argument("--cot", help="CoT build folder (default <run>/cot)")
     add(sub, "stages", "list the training stages and what each one does", cmd_stages)
+
+    p = add(sub, "export", "merge a stage's adapter, export ONNX (vision / embed / decoder with KV), quantize, "
+            "validate against PyTorch and write self-describing packages", cmd_export, overrides=True)
+    p.add_argument("--run", help="training run folder, e.g. runs/default")
+    p.add_argument("--stage", help="stage to export (default: the last finished one)")
+    p.add_argument("--model", help="or a checkpoint (hub id or folder) to export without an adapter")
+    p.add_argument("--out", help="output folder (default <run>/export); built in <out>.tmp, renamed when valid")
+    p.add_argument("--quant", help="comma-separated subset of fp32,int8,int4 (default all)")
+    p.add_argument("--block-size", dest="block_size", type=int, help="int4 MatMulNBits block size (default 32)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out")
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

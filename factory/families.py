@@ -50,7 +50,13 @@ class OnnxSplit:
     vision: str  # attribute path of the vision tower module on the HF model
     projector: str  # attribute path of the multimodal projector
     embed: str = "get_input_embeddings"
+    text_model: str = "model.language_model"  # attribute path of the decoder stack (without the head)
     fixed_image_grid: bool = False  # True where only one image grid exports (Qwen2-VL, DESIGN.md §3)
+    # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
+    # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
+    image_features: Callable[[Any, Any], Any] | None = None
+    unsupported: str | None = None  # why `svlm export` refuses this family (None: supported)
+    tolerance: float = 1e-4  # fp32 ONNX vs PyTorch: max |Δlogits| the export accepts
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,26 @@ def _smolvlm_template() -> str:
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
     )
+
+
+# --- export: image features without data-dependent indexing ------------------------------------------
+def _internvl_image_features(model, pixel_values):
+    cfg = model.config
+    return model.model.get_image_features(
+        pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy).pooler_output
+
+
+def _smolvlm_image_features(model, pixel_values):
+    # SmolVLM's get_image_features drops all-zero padding images with boolean indexing; one image per
+    # prompt (no splitting) has none, so call the tower and connector directly with a full patch mask.
+    import torch
+
+    patch = model.config.vision_config.patch_size
+    mask = torch.ones(pixel_values.shape[0], pixel_values.shape[2] // patch, pixel_values.shape[3] // patch,
+                      dtype=torch.bool, device=pixel_values.device)
+    hidden = model.model.vision_model(pixel_values=pixel_values, patch_attention_mask=mask).last_hidden_state
+    return model.model.connector(hidden)
 
 
 # --- tiny builders --------------------------------------------------------------------------------------
@@ -247,7 +273,8 @@ FAMILIES: dict[str, Family] = {
             skip_4bit_modules=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
             # One 448x448 tile (256 tokens) on InternVL3 instead of up to 12 tiles + thumbnail.
             image_policy={"crop_to_patches": False, "max_patches": 1},
-            onnx=OnnxSplit(vision="model.vision_tower", projector="model.multi_modal_projector"),
+            onnx=OnnxSplit(vision="model.vision_tower", projector="model.multi_modal_projector",
+                           image_features=_internvl_image_features),
             build_tiny=_build_internvl,
         ),
         Family(
@@ -269,7 +296,8 @@ FAMILIES: dict[str, Family] = {
             skip_4bit_modules=("model.vision_model", "model.connector", "lm_head"),
             # A single global image (64 tokens on SmolVLM-256M) instead of a grid of 512px crops.
             image_policy={"do_image_splitting": False},
-            onnx=OnnxSplit(vision="model.vision_model", projector="model.connector"),
+            onnx=OnnxSplit(vision="model.vision_model", projector="model.connector", text_model="model.text_model",
+                           image_features=_smolvlm_image_features),
             build_tiny=_build_smolvlm,
         ),
         Family(
@@ -288,7 +316,9 @@ FAMILIES: dict[str, Family] = {
             skip_4bit_modules=("model.visual", "lm_head"),
             # At most 448x448 pixels = 256 visual tokens after the 2x2 merge.
             image_policy={"size.longest_edge": 448 * 448},
-            onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger", fixed_image_grid=True),
+            onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger", fixed_image_grid=True,
+                           unsupported="Qwen2-VL export is not supported yet: its vision encoder exports only at "
+                                       "one fixed image grid and its M-RoPE positions need a runtime port"),
             build_tiny=_build_qwen2vl,
         ),
     ]

@@ -71,6 +71,13 @@ def default_train() -> TrainOptions:
 
 
 @dataclass
+class ExportStepConfig:
+    enabled: bool = True  # export the last trained stage to ONNX at the end of the run
+    quant: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
+    block_size: int = 32
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of one ``svlm run``."""
 
@@ -81,6 +88,7 @@ class RunConfig:
     cot: CotStepConfig = field(default_factory=CotStepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainOptions = field(default_factory=default_train)
+    export: ExportStepConfig = field(default_factory=ExportStepConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -160,20 +168,50 @@ def run(cfg: RunConfig) -> dict:
     stages = train(tcfg, stage_names)
     for name, done in stages.items():
         rows.append({"stage": name, **done["eval"]})
+    exported = run_export(cfg, list(stages)) if stages else {}
     summary = {
         "data_root": str(root),
         "splits": {s: r.summary() for s, r in splits.items()},
         "cot": {k: cot[k] for k in ("images", "images_with_trace", "image_acceptance_rate", "traces")},
         "model": {"source": source, "family": cfg.model.family if cfg.model.source is None else None},
         "stages": rows,
+        "export": exported,
         "seconds": round(time.time() - t0, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_summary(rows, run_dir / "stages.png", f"{cfg.name}: {cfg.eval.split} split")
     print(format_table(rows))
     _log(f"done in {summary['seconds']} s; summary at {run_dir / 'summary.json'}, chart at {plot}")
-    _log("next (not built yet): ONNX export of the last stage → benchmarks → demo")
+    for quant, info in exported.items():
+        _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB, labels agree with PyTorch on "
+             f"{info['label_agreement']:.0%} of {info['images']} images)")
+    _log("next (not built yet): benchmarks → demo")
     return summary
+
+
+def run_export(cfg: RunConfig, stages: list[str]) -> dict:
+    """Export the last trained stage (reused when an export of it is newer than the stage)."""
+    if not cfg.export.enabled:
+        return {}
+    from export.build import ExportConfig, export
+
+    stage = stages[-1]
+    out = cfg.run_dir / "export"
+    manifests = {}
+    for quant in cfg.export.quant:
+        mf = out / quant / "manifest.json"
+        if mf.is_file() and mf.stat().st_mtime > (cfg.run_dir / stage / "done.json").stat().st_mtime:
+            manifests[quant] = json.loads(mf.read_text())
+    if set(manifests) != set(cfg.export.quant) or any(m["source"].get("stage") != stage for m in manifests.values()):
+        manifests = export(ExportConfig(run=str(cfg.run_dir), stage=stage, out=str(out), quant=cfg.export.quant,
+                                        block_size=cfg.export.block_size, overwrite=True))
+    else:
+        _log(f"export of {stage} already at {out}, reused")
+    return {q: {"path": str(out / q), "mb": round(m["size_bytes"] / 1e6, 2),
+                "max_abs_logit_diff": m["validation"]["max_abs_logit_diff"],
+                "greedy_tokens_identical": m["validation"]["greedy_tokens_identical"],
+                "label_agreement": m["validation"]["label_agreement"], "images": m["validation"]["images"]}
+            for q, m in manifests.items()}
 
 
 def format_table(rows: list[dict]) -> str:

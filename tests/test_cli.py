@@ -92,6 +92,10 @@ def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):
     assert [row["stage"] for row in summary["stages"]] == ["base (untrained)", "1_sft", "2_grpo_format"]
     assert all(row["n"] == 4 for row in summary["stages"])
     assert (run_dir / "stages.png").is_file() and (run_dir / "2_grpo_format" / "adapter").is_dir()
+    assert set(summary["export"]) == {"fp32", "int8", "int4"}
+    assert summary["export"]["fp32"]["max_abs_logit_diff"] <= 1e-4
+    assert json.loads((run_dir / "export" / "int8" / "manifest.json").read_text())["source"]["stage"] == \
+        "2_grpo_format"
     saved = yaml.safe_load((run_dir / "svlm_config.yaml").read_text())
     assert saved["model"]["size"] == "tiny" and saved["data"]["synth"]["out"] == str(run_dir / "data")
     assert "stage" in capsys.readouterr().out

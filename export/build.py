@@ -1,0 +1,403 @@
+"""``svlm export``: merge a stage's adapter, export ONNX, validate against PyTorch, quantize, package.
+
+    svlm export --run runs/default --stage 4_clgrpo --out runs/default/export --quant fp32,int8,int4
+
+Output: ``<out>/merged/`` (a standard safetensors checkpoint of the merged model) and one self-describing
+package per quantization, ``<out>/<quant>/`` with ``vision.onnx``, ``embed.onnx``, ``decoder.onnx``,
+``tokenizer.json``, ``manifest.json`` and a model card (``README.md``).
+
+* The adapter is merged onto a full-precision reload of the base (never into 4-bit weights); the merged
+  model's logits are checked against base + adapter before anything is exported.
+* Everything is built in ``<out>.tmp`` and renamed at the end. The fp32 graphs must match PyTorch — max
+  |Δlogits| within the family tolerance and identical greedy tokens on real images — or the export fails
+  and nothing is written.
+* int8: ``quantize_dynamic`` (QInt8 weights) on the decoder and the vision graph. int4: ``MatMulNBits``
+  (4-bit weight-only, block size configurable) on the decoder, vision at int8. Embeddings stay fp32 in
+  int8 (a Gather, cheap) and are int8 in int4. Quantized packages are not held to the fp32 tolerance;
+  their logit gap and label agreement with PyTorch are measured and written into the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from factory.errors import SVLMError
+from export.graphs import DECODER, EMBED, VISION, export_graphs
+from export.runtime import FORMAT_VERSION, MANIFEST
+
+QUANTS = ("fp32", "int8", "int4")
+
+
+class ExportError(SVLMError):
+    """The export could not be built or did not validate; nothing was written."""
+
+
+@dataclass
+class ExportConfig:
+    run: str | None = None  # a training run folder (runs/NAME)
+    stage: str | None = None  # its stage to export; None: the last finished stage
+    model: str | None = None  # or a plain checkpoint (hub id / folder) with no adapter
+    out: str | None = None  # default: <run>/export
+    quant: list[str] = field(default_factory=lambda: list(QUANTS))
+    block_size: int = 32  # int4 MatMulNBits block size
+    validate_images: int = 4  # real images compared token by token against PyTorch
+    max_new_tokens: int = 48
+    overwrite: bool = False
+
+    def __post_init__(self):
+        bad = [q for q in self.quant if q not in QUANTS]
+        if bad or not self.quant:
+            raise ExportError(f"quant must be a subset of {list(QUANTS)}, got {self.quant}")
+        if (self.run is None) == (self.model is None):
+            raise ExportError("give either --run (with --stage) or --model")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ExportError(f"block_size must be a power of two ≥ 16, got {self.block_size}")
+
+
+def _log(msg: str) -> None:
+    print(f"[svlm export] {msg}", flush=True)
+
+
+def resolve_source(cfg: ExportConfig) -> tuple[str, Path | None, dict]:
+    """(base model source, adapter folder or None, provenance) for the config."""
+    if cfg.model is not None:
+        return cfg.model, None, {"model": cfg.model}
+    run = Path(cfg.run)
+    if not run.is_dir():
+        raise ExportError(f"no run folder {run}")
+    from factory.train.stages import STAGE_ORDER
+
+    done = [s for s in STAGE_ORDER if (run / s / "done.json").is_file()]
+    stage = cfg.stage or (done[-1] if done else None)
+    if stage is None:
+        raise ExportError(f"{run} has no finished stage; train one first (svlm train)")
+    adapter = run / stage / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ExportError(f"{run}/{stage} has no adapter ({adapter}); finished stages: {done or 'none'}")
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    # the question the stage was trained and evaluated with (the baseline answers the label-only one)
+    stage_yaml = run / stage / "stage.yaml"
+    style = yaml.safe_load(stage_yaml.read_text()).get("eval_style", "cot") if stage_yaml.is_file() else "cot"
+    return base, adapter, {"run": str(run), "stage": stage, "adapter": str(adapter), "base": base,
+                           "question_style": style}
+
+
+def merge(base: str, adapter: Path | None, out: Path):
+    """Full-precision base + adapter → merged model saved to ``out``; checks logits before and after."""
+    import torch
+    from peft import PeftModel
+
+    from factory.models import load_model
+
+    loaded = load_model(base, dtype="float32", device="cpu")
+    model, processor = loaded.model.eval(), loaded.processor
+    gap = 0.0
+    if adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        probe = _probe_inputs(processor)
+        with torch.no_grad():
+            before = peft_model(**probe).logits
+            model = peft_model.merge_and_unload().eval()
+            after = model(**probe).logits
+        gap = float((before - after).abs().max())
+        if gap > 1e-4:
+            raise ExportError(f"merged logits differ from base + adapter by {gap:.2e}")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return model, processor, loaded.family, gap
+
+
+def _probe_inputs(processor, n: int = 2):
+    """A small batch of real-shaped inputs: the question with random images."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.prompts import build_messages
+
+    rng = np.random.default_rng(0)
+    images = [[Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))] for _ in range(n)]
+    prompt = processor.apply_chat_template(build_messages("cot"), add_generation_prompt=True)
+    return processor(images=images, text=[prompt] * n, return_tensors="pt", padding=True)
+
+
+def image_spec(family, processor) -> dict:
+    """The manifest's preprocessing parameters (read from the processor, not hard-coded)."""
+    ip = processor.image_processor
+    if family.name != "internvl":  # the runtime ports one preprocessing; others are refused clearly
+        return {"kind": f"{family.name}_unported"}
+    return {"kind": "resize_normalize", "height": ip.size.height, "width": ip.size.width,
+            "resample": int(ip.resample), "rescale_factor": float(ip.rescale_factor),
+            "mean": [float(x) for x in ip.image_mean], "std": [float(x) for x in ip.image_std]}
+
+
+def prompt_ids(processor, image, style: str = "cot") -> list[int]:
+    """The question with the image placeholders expanded, as the family's processor does it."""
+    from factory.prompts import build_messages
+
+    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    return processor(images=[[image]], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
+
+
+def _validation_images(cfg: ExportConfig, provenance: dict, n: int):
+    """Real inputs: the run's validation images, else a few synthetic ones."""
+    from PIL import Image
+
+    paths = []
+    if cfg.run is not None:
+        for candidate in (Path(cfg.run) / "data" / "val.json",):
+            if candidate.is_file():
+                from factory.data.emoset import read_split
+
+                paths = [r.image_path for r in read_split(candidate.parent, "val", check_images="none").records]
+    if not paths:
+        import tempfile
+
+        from factory.data.synth import SynthConfig, generate
+
+        tmp = Path(tempfile.mkdtemp(prefix="svlm_export_images_"))
+        generate(SynthConfig(out=str(tmp / "d"), n=16, seed=3, image_size=96), progress=False)
+        paths = sorted((tmp / "d" / "image").rglob("*.jpg"))
+    # spread over classes: every k-th image
+    step = max(1, len(paths) // n)
+    return [Image.open(p).convert("RGB") for p in paths[::step][:n]]
+
+
+def _torch_reference(model, processor, images, max_new_tokens: int, style: str = "cot"):
+    """Per image: HF pixel values, prefill logits over the prompt and greedy tokens from ``generate``."""
+    import torch
+
+    from factory.prompts import build_messages
+
+    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    refs = []
+    for img in images:
+        inputs = processor(images=[[img]], text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits[0].numpy()
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True)
+        # the top-2 logit gap per step: a divergence where it is ~0 is a tie, not an export error
+        gaps = [float(torch.topk(s[0], 2).values.diff().abs()) for s in out.scores]
+        pv = inputs["pixel_values"]  # SmolVLM: [batch, images, 3, H, W]; the vision graph takes [images, 3, H, W]
+        refs.append({"pixel_values": pv.reshape(-1, *pv.shape[-3:]).numpy(), "logits": logits, "top2_gaps": gaps,
+                     "tokens": out.sequences[0, inputs["input_ids"].shape[1]:].tolist()})
+    return refs
+
+
+def _compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
+    """Prefill logit gap and greedy-token agreement of an ONNX package against the PyTorch references."""
+    import numpy as np
+
+    gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
+    for ref in refs:
+        ids = package.prompt_ids[None]
+        emb = package.embed.run(None, {"input_ids": ids})[0]
+        feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
+        emb[0, ids[0] == package.image_token_id] = feats[0]
+        past = [np.zeros((1, package.dims["kv_heads"], 0, package.dims["head_dim"]), np.float32)
+                for _ in package.past_names]
+        logits, _ = package._decode(emb, np.ones_like(ids), np.arange(ids.shape[1])[None], past)
+        gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
+        gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens)
+        want = []
+        for t in ref["tokens"]:  # up to the first end-of-sequence token, as the runtime stops there
+            if t in package.eos_ids:
+                break
+            want.append(t)
+        got = gen.token_ids
+        if got == want:
+            same_tokens += 1
+        else:  # the first divergence counts as agreement only at a near-exact tie in PyTorch's logits
+            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            ties += first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
+            same_tokens += first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
+        from factory.prompts import parse_answer
+
+        ref_label = parse_answer(package.tokenizer.decode(want, skip_special_tokens=True)).label
+        same_labels += gen.label == ref_label
+        labels.append([ref_label, gen.label])
+    n = len(refs)
+    return {"images": n, "max_abs_logit_diff": max(gaps), "greedy_tokens_identical": same_tokens / n,
+            "diverged_at_ties": ties, "label_agreement": same_labels / n, "labels_torch_onnx": labels}
+
+
+def _quantize(src: Path, dst: Path, quant: str, block_size: int) -> None:
+    """Quantize the fp32 graphs in ``src`` into ``dst`` with onnxruntime's quantizers."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    import logging
+
+    dst.mkdir(parents=True, exist_ok=True)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log every node they skip
+
+    def int8(name: str, ops=None) -> None:
+        quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                         use_external_data_format=(src / name).stat().st_size > 1_800_000_000)
+
+    int8(VISION, ["MatMul", "Gemm"])
+    if quant == "int8":
+        int8(DECODER, ["MatMul", "Gemm"])
+        for f in src.glob(EMBED + "*"):  # the graph and its external-data file, if the exporter wrote one
+            shutil.copy(f, dst / f.name)
+    else:
+        model = onnx.load(str(src / DECODER))
+        q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True)
+        q.process()
+        onnx.save_model(q.model.model, str(dst / DECODER),
+                        save_as_external_data=q.model.model.ByteSize() > 1_800_000_000)
+        int8(EMBED, ["Gather"])
+
+
+def _files(pkg: Path) -> dict:
+    return {f.name: {"bytes": f.stat().st_size} for f in sorted(pkg.iterdir()) if f.is_file()
+            and f.name != MANIFEST}
+
+
+def _write_package(pkg: Path, quant: str, block_size: int, family, processor, dims: dict, spec: dict,
+                   ids: list[int], provenance: dict, validation: dict, merge_gap: float) -> dict:
+    """Tokenizer, manifest and model card next to the graphs."""
+    from factory.prompts import EMOTIONS, question
+
+    tok = processor.tokenizer
+    tok.backend_tokenizer.save(str(pkg / "tokenizer.json"))
+    eos = {tok.eos_token_id, tok.convert_tokens_to_ids(family.eos_token)}
+    image_token_id = getattr(processor, "image_token_id", None) or tok.convert_tokens_to_ids(
+        getattr(processor, "image_token", None) or "<IMG_CONTEXT>")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "family": family.name,
+        "graphs": {"vision": VISION, "embed": EMBED, "decoder": DECODER},
+        "tokenizer": "tokenizer.json",
+        "text": dims,
+        "image": spec,
+        "tokens": {"image_token_id": int(image_token_id), "eos_token_ids": sorted(int(e) for e in eos if e is not None),
+                   "pad_token_id": tok.pad_token_id},
+        "prompt": {"question": question(provenance.get("question_style", "cot")), "input_ids": ids},
+        "chat_template": processor.chat_template,
+        "labels": list(EMOTIONS),
+        "quantization": {"name": quant, **({"method": "MatMulNBits", "bits": 4, "block_size": block_size,
+                                           "vision": "int8 dynamic", "embed": "int8"} if quant == "int4" else
+                                          {"method": "quantize_dynamic QInt8", "embed": "fp32"} if quant == "int8"
+                                          else {"method": "none"})},
+        "source": provenance,
+        "validation": {**validation, "merge_max_abs_logit_diff": merge_gap},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    card = _model_card(manifest)
+    (pkg / "README.md").write_text(card)
+    manifest["files"] = _files(pkg)
+    manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    (pkg / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _model_card(m: dict) -> str:
+    v = m["validation"]
+    src = m["source"]
+    return f"""# SVLM Factory export: {m['family']} · {m['quantization']['name']}
+
+Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
+`<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
+
+Run with onnxruntime alone (no torch):
+
+```python
+from export.runtime import Package
+print(Package("{m['quantization']['name']}").generate("image.jpg").text)
+```
+
+| | |
+|---|---|
+| quantization | {json.dumps(m['quantization'])} |
+| validated on | {v['images']} images |
+| max abs logit gap vs PyTorch (prefill) | {v['max_abs_logit_diff']:.3g} |
+| greedy tokens identical to PyTorch | {v['greedy_tokens_identical']:.0%} |
+| label agreement with PyTorch | {v['label_agreement']:.0%} |
+
+Labels: {', '.join(m['labels'])}. Question: "{m['prompt']['question']}"
+The training data and teachers determine what the model has learnt; a random-weight test model learns
+from synthetic images only.
+"""
+
+
+def export(cfg: ExportConfig) -> dict:
+    """Build, validate and write the packages; returns {quant: manifest}."""
+    base, adapter, provenance = resolve_source(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
+    if out.exists() and not cfg.overwrite:
+        raise ExportError(f"{out} exists; pass --overwrite to replace it")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifests = _build(cfg, base, adapter, provenance, tmp)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    _log(f"wrote {', '.join(str(out / q) for q in manifests)}")
+    return manifests
+
+
+def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> dict:
+    from export.runtime import Package
+
+    from transformers import AutoConfig
+
+    from factory.families import family_of
+
+    if family_of(AutoConfig.from_pretrained(base)).onnx.unsupported:
+        raise ExportError(family_of(AutoConfig.from_pretrained(base)).onnx.unsupported)
+    _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
+    model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
+    images = _validation_images(cfg, provenance, cfg.validate_images)
+    style = provenance.get("question_style", "cot")
+    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
+    spec = image_spec(family, processor)
+    ids = prompt_ids(processor, images[0], style)
+    fp32 = tmp / "fp32"
+    _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
+    import torch
+
+    dims = export_graphs(model, family, torch.from_numpy(refs[0]["pixel_values"]), fp32)
+    manifests = {}
+    order = ["fp32"] + [q for q in cfg.quant if q != "fp32"]
+    for quant in order:
+        pkg = tmp / quant
+        if quant != "fp32":
+            _quantize(fp32, pkg, quant, cfg.block_size)
+        _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, provenance,
+                       {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
+                        "label_agreement": 0.0}, merge_gap)
+        validation = _compare(Package(pkg), refs, cfg.max_new_tokens)
+        if quant == "fp32":
+            if validation["max_abs_logit_diff"] > family.onnx.tolerance or validation["greedy_tokens_identical"] < 1:
+                raise ExportError(
+                    f"fp32 ONNX does not match PyTorch: max |Δlogits| {validation['max_abs_logit_diff']:.2e} "
+                    f"(tolerance {family.onnx.tolerance:g}), identical greedy tokens on "
+                    f"{validation['greedy_tokens_identical']:.0%} of {validation['images']} images")
+        manifests[quant] = _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids,
+                                          provenance, validation, merge_gap)
+        m = manifests[quant]
+        _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
+             f"greedy tokens identical {validation['greedy_tokens_identical']:.0%}, "
+             f"labels agree {validation['label_agreement']:.0%}")
+    if "fp32" not in cfg.quant:
+        shutil.rmtree(fp32)
+        manifests.pop("fp32")
+    return manifests

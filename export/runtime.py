@@ -1,0 +1,191 @@
+"""Run an exported package: image → ``<think>…</think><answer>…</answer>`` with numpy, onnxruntime,
+tokenizers and Pillow only (no torch, no transformers; a test enforces it).
+
+    from export.runtime import Package
+    pkg = Package("runs/default/export/int8")
+    result = pkg.generate("photo.jpg", on_text=print)      # streams text deltas
+    result.label, result.text, result.ttft_s, result.tokens_per_s
+
+The prompt is the package's stored token ids (the question with the image placeholders already expanded by
+the family's processor at export), so the runtime needs no chat-template engine. Image features replace the
+embeddings of the image-context tokens, then one decoder graph runs prefill (past length 0) and each decode
+step with its KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.preprocess import preprocess
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class PackageError(Exception):
+    """A package that is missing, incomplete or corrupted."""
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    label: str | None
+    well_formed: bool
+    ttft_s: float  # image in → first token (preprocess + vision + prefill)
+    decode_s: float
+    preprocess_s: float = 0.0
+    vision_s: float = 0.0
+    stopped: str = "eos"  # eos | length
+    label_probs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        n = max(len(self.token_ids) - 1, 0)
+        return n / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a package, with a clear error when the package is incomplete."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PackageError(f"no package at {root}")
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"{mf} is corrupted: {exc}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PackageError(f"{mf}: format_version {manifest.get('format_version')!r}, this runtime reads "
+                           f"{FORMAT_VERSION}")
+    for name, info in manifest.get("files", {}).items():
+        f = root / name
+        if not f.is_file():
+            raise PackageError(f"{root} is incomplete: {name} is missing")
+        if f.stat().st_size != info["bytes"]:
+            raise PackageError(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']} "
+                               "(truncated or replaced)")
+    return manifest
+
+
+class Package:
+    """A loaded package: three onnxruntime sessions, the tokenizer and the manifest."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.root = Path(path)
+        self.manifest = read_manifest(self.root)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        providers = providers or ["CPUExecutionProvider"]
+        g = self.manifest["graphs"]
+        try:
+            self.vision = ort.InferenceSession(str(self.root / g["vision"]), opts, providers=providers)
+            self.embed = ort.InferenceSession(str(self.root / g["embed"]), opts, providers=providers)
+            self.decoder = ort.InferenceSession(str(self.root / g["decoder"]), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise PackageError(f"{self.root}: a graph does not load ({exc})") from None
+        self.tokenizer = Tokenizer.from_file(str(self.root / self.manifest["tokenizer"]))
+        t = self.manifest["tokens"]
+        self.prompt_ids = np.asarray(self.manifest["prompt"]["input_ids"], dtype=np.int64)
+        self.image_token_id = t["image_token_id"]
+        self.eos_ids = set(t["eos_token_ids"])
+        self.dims = self.manifest["text"]
+        self.past_names = [i.name for i in self.decoder.get_inputs()][3:]
+        self.labels = self.manifest["labels"]
+        self._label_ids = {lab: self.tokenizer.encode(lab, add_special_tokens=False).ids for lab in self.labels}
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest['source'].get('stage') or 'model'} onnx {self.manifest['quantization']['name']}"
+
+    def pixel_values(self, image) -> np.ndarray:
+        return preprocess(image, self.manifest["image"])
+
+    def _decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
+        feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        feed.update(zip(self.past_names, past))
+        out = self.decoder.run(None, feed)
+        return out[0], out[1:]
+
+    def generate(self, image=None, *, pixel_values: np.ndarray | None = None, max_new_tokens: int = 160,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Greedy (temperature 0) or sampled generation for one image; ``on_text`` receives text deltas."""
+        from factory.prompts import parse_answer
+
+        t0 = time.perf_counter()
+        pv = pixel_values if pixel_values is not None else self.pixel_values(image)
+        t_pre = time.perf_counter()
+        features = self.vision.run(None, {"pixel_values": pv.astype(np.float32)})[0]
+        t_vis = time.perf_counter()
+        ids = self.prompt_ids[None]
+        embeds = self.embed.run(None, {"input_ids": ids})[0]
+        slots = ids[0] == self.image_token_id
+        if slots.sum() != features.shape[1]:
+            raise PackageError(f"prompt has {int(slots.sum())} image slots, vision gives {features.shape[1]}")
+        embeds[0, slots] = features[0]
+        n = ids.shape[1]
+        past = [np.zeros((1, self.dims["kv_heads"], 0, self.dims["head_dim"]), np.float32)
+                for _ in self.past_names]
+        logits, past = self._decode(embeds, np.ones((1, n), np.int64), np.arange(n, dtype=np.int64)[None], past)
+        rng = np.random.default_rng(seed)
+        out_ids: list[int] = []
+        text, stopped, first_at = "", "length", None
+        label_probs: dict[str, float] = {}
+        after_answer_tag = self.tokenizer.token_to_id("<answer>")
+        for step in range(max_new_tokens):
+            last = logits[0, -1].astype(np.float64)
+            if out_ids and out_ids[-1] == after_answer_tag and not label_probs:
+                label_probs = self._label_distribution(last)
+            token = self._pick(last, temperature, top_p, rng)
+            if first_at is None:
+                first_at = time.perf_counter()
+            if token in self.eos_ids:
+                stopped = "eos"
+                break
+            out_ids.append(token)
+            new_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+            if on_text is not None and len(new_text) > len(text):
+                on_text(new_text[len(text):])
+            text = new_text
+            pos = n + step
+            emb = self.embed.run(None, {"input_ids": np.array([[token]], np.int64)})[0]
+            logits, past = self._decode(emb, np.ones((1, pos + 1), np.int64), np.array([[pos]], np.int64), past)
+        end = time.perf_counter()
+        parsed = parse_answer(text)
+        first_at = first_at or end
+        return Generation(text=text, token_ids=out_ids, label=parsed.label, well_formed=parsed.well_formed,
+                          ttft_s=first_at - t0, decode_s=end - first_at, preprocess_s=t_pre - t0,
+                          vision_s=t_vis - t_pre, stopped=stopped, label_probs=label_probs)
+
+    @staticmethod
+    def _pick(logits: np.ndarray, temperature: float, top_p: float, rng) -> int:
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < top_p  # the smallest set whose mass reaches top_p
+        p_kept = p[order][keep]
+        return int(rng.choice(order[keep], p=p_kept / p_kept.sum()))
+
+    def _label_distribution(self, logits: np.ndarray) -> dict[str, float]:
+        """Probability of each label's first token right after ``<answer>``, renormalised over the labels."""
+        z = np.exp(logits - logits.max())
+        scores = {lab: float(z[ids[0]]) for lab, ids in self._label_ids.items() if ids}
+        total = sum(scores.values()) or 1.0
+        return {lab: s / total for lab, s in scores.items()}

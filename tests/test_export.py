@@ -1,0 +1,218 @@
+"""Export on tiny models: merge, three ONNX graphs, int8/int4, validation against PyTorch, packages, and the
+torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from factory import config as config_lib
+
+from export.build import ExportConfig, ExportError, export
+from export.runtime import Package, PackageError
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory, synth_root):
+    """A tiny InternVL whose label-only baseline answers <answer>label</answer> (trained in ~3 s)."""
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "b", "data": str(synth_root),
+        "model": {"size": "tiny"}, "eval": {"limit": 4, "max_new_tokens": 8},
+        "train": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},
+                  "stages": {"0_baseline": {"max_steps": 60, "learning_rate": 1e-2, "grad_accum": 1,
+                                            "save_steps": 1000}}}})
+    train(cfg, ["0_baseline"], progress=False)
+    return cfg.run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(baseline_run):
+    out = baseline_run / "export"
+    manifests = export(ExportConfig(run=str(baseline_run), out=str(out), validate_images=6, max_new_tokens=12))
+    return out, manifests
+
+
+def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from export.build import _probe_inputs, merge
+    from factory.models import load_model
+
+    base = load_model(baseline_run / "base_model", dtype="float32", device="cpu")
+    adapted = PeftModel.from_pretrained(base.model, str(baseline_run / "0_baseline" / "adapter")).eval()
+    merged, processor, _, gap = merge(str(baseline_run / "base_model"), baseline_run / "0_baseline" / "adapter",
+                                      tmp_path / "m")
+    probe = _probe_inputs(processor)
+    with torch.no_grad():
+        want, got = adapted(**probe).logits, merged(**probe).logits
+        plain = load_model(baseline_run / "base_model", dtype="float32", device="cpu").model(**probe).logits
+    assert torch.allclose(want, got, atol=1e-5) and gap < 1e-4
+    assert not torch.allclose(plain, got, atol=1e-3)  # the adapter changed the model: the check has teeth
+    reloaded = load_model(tmp_path / "m", dtype="float32", device="cpu").model
+    assert "lora" not in "".join(n for n, _ in reloaded.named_parameters())
+
+
+def test_packages_validate_and_describe_themselves(exported):
+    import onnx
+
+    out, manifests = exported
+    assert set(manifests) == {"fp32", "int8", "int4"}
+    fp32 = manifests["fp32"]["validation"]
+    assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["greedy_tokens_identical"] == 1.0
+    for quant, m in manifests.items():
+        pkg = out / quant
+        for key in ("family", "image", "tokens", "chat_template", "labels", "quantization", "files", "validation",
+                    "source", "prompt"):
+            assert key in m, f"{quant}: manifest lacks {key}"
+        assert json.loads((pkg / "manifest.json").read_text()) == m
+        assert (pkg / "README.md").read_text().startswith("# SVLM Factory export")
+        assert m["source"]["stage"] == "0_baseline" and m["prompt"]["question"].endswith("inside <answer></answer>.")
+    ops = {q: {n.op_type for n in onnx.load(str(out / q / "decoder.onnx"), load_external_data=False).graph.node}
+           for q in manifests}
+    assert "MatMulNBits" in ops["int4"] and "MatMulNBits" not in ops["int8"]
+    assert "MatMulInteger" in ops["int8"] or "DynamicQuantizeMatMul" in ops["int8"]
+    sizes = {q: m["size_bytes"] for q, m in manifests.items()}
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+    assert (out / "merged" / "model.safetensors").is_file()
+    assert not (out.parent / "export.tmp").exists()
+
+
+def test_int8_labels_agree_with_pytorch(exported):
+    out, manifests = exported
+    v = manifests["int8"]["validation"]
+    labels = v["labels_torch_onnx"]
+    assert all(torch_label is not None for torch_label, _ in labels)  # the model does answer with labels
+    print(f"int8 label agreement {v['label_agreement']:.0%} on {v['images']} images; int4 "
+          f"{manifests['int4']['validation']['label_agreement']:.0%}")
+    assert v["label_agreement"] >= 5 / 6
+
+
+def test_runtime_streams_greedy_and_sampled_answers(exported, synth_root):
+    out, manifests = exported
+    pkg = Package(out / "int8")
+    image = next((synth_root / "image").rglob("*.jpg"))
+    chunks = []
+    greedy = pkg.generate(image, max_new_tokens=12, on_text=chunks.append)
+    assert "".join(chunks) == greedy.text and greedy.label in pkg.labels
+    assert greedy.ttft_s > 0 and greedy.stopped in ("eos", "length")
+    assert greedy.label_probs and abs(sum(greedy.label_probs.values()) - 1) < 1e-6
+    assert max(greedy.label_probs, key=greedy.label_probs.get) == greedy.label
+    a = pkg.generate(image, max_new_tokens=12, temperature=1.5, seed=1)
+    b = pkg.generate(image, max_new_tokens=12, temperature=1.5, seed=1)
+    assert a.token_ids == b.token_ids
+
+
+def test_runtime_imports_neither_torch_nor_transformers(exported, synth_root):
+    out, _ = exported
+    image = next((synth_root / "image").rglob("*.jpg"))
+    code = (f"import sys; from export.runtime import Package; r = Package({str(out / 'int4')!r}).generate("
+            f"{str(image)!r}, max_new_tokens=6); print(r.text); "
+            "bad = [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_numpy_preprocessing_matches_the_hf_processor(exported, synth_root, baseline_run):
+    from PIL import Image
+    from transformers import AutoProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    from export.preprocess import preprocess
+
+    out, manifests = exported
+    spec = manifests["fp32"]["image"]
+    hf = AutoProcessor.from_pretrained(baseline_run / "base_model").image_processor
+    pil = GotOcr2ImageProcessorPil(size=dict(height=spec["height"], width=spec["width"]), image_mean=spec["mean"],
+                                   image_std=spec["std"], resample=spec["resample"], crop_to_patches=False)
+    rng = np.random.default_rng(0)
+    images = [Image.open(p) for p in sorted((synth_root / "image").rglob("*.jpg"))[:3]]
+    images += [Image.fromarray(rng.integers(0, 255, (30, 70, 3), dtype=np.uint8)),  # not square
+               Image.fromarray(rng.integers(0, 255, (50, 40), dtype=np.uint8))]  # grayscale
+    worst_tv, mean_tv = 0.0, 0.0
+    for img in images:
+        ours = preprocess(img, spec)
+        ref = pil(images=[img.convert("RGB")], return_tensors="np")["pixel_values"]
+        assert ours.shape == ref.shape and np.abs(ours - ref).max() < 1e-5
+        tv = hf(images=[img.convert("RGB")], return_tensors="np")["pixel_values"]
+        worst_tv = max(worst_tv, float(np.abs(ours - tv).max()))
+        mean_tv = max(mean_tv, float(np.abs(ours - tv).mean()))
+    # The default (torchvision) processor's bicubic kernel differs from PIL's: ~one grey level on photos-like
+    # images, more on downscaled pixel noise (measured: mean ≤ ~0.01, max ~0.12 here).
+    assert mean_tv < 0.03 and worst_tv < 0.25
+
+
+def test_bad_images_are_refused(exported, tmp_path):
+    out, _ = exported
+    pkg = Package(out / "fp32")
+    (tmp_path / "x.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        pkg.generate(tmp_path / "x.jpg")
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: (p / "decoder.onnx").unlink(), "decoder.onnx is missing"),
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda p: (p / "manifest.json").write_text("{"), "corrupted"),
+    (lambda p: (p / "vision.onnx").write_bytes((p / "vision.onnx").read_bytes()[:100]), "bytes"),
+])
+def test_damaged_packages_give_clear_errors(exported, tmp_path, damage, message):
+    out, _ = exported
+    pkg = tmp_path / "pkg"
+    shutil.copytree(out / "int8", pkg)
+    damage(pkg)
+    with pytest.raises(PackageError, match=message):
+        Package(pkg)
+
+
+def test_failed_validation_writes_nothing(baseline_run, tmp_path, monkeypatch):
+    import export.build as build
+
+    real = build._compare
+
+    def off(package, refs, max_new_tokens, tie=1e-4):
+        return {**real(package, refs, max_new_tokens, tie), "max_abs_logit_diff": 1.0}
+
+    monkeypatch.setattr(build, "_compare", off)
+    out = tmp_path / "exp"
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export(ExportConfig(run=str(baseline_run), out=str(out), quant=["fp32"], validate_images=1))
+    assert not out.exists() and not (tmp_path / "exp.tmp").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(exported):
+    out, _ = exported
+    with pytest.raises(ExportError, match="--overwrite"):
+        export(ExportConfig(run=str(out.parent), out=str(out)))
+
+
+def test_smolvlm_exports_and_validates(tiny_dirs, tmp_path):
+    manifests = export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(tmp_path / "s"), quant=["fp32"],
+                                    validate_images=2, max_new_tokens=8))
+    v = manifests["fp32"]["validation"]
+    assert v["max_abs_logit_diff"] <= 1e-4 and v["greedy_tokens_identical"] == 1.0
+    with pytest.raises(ValueError, match="no image preprocessing"):
+        Package(tmp_path / "s" / "fp32").generate(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_qwen2vl_is_refused_clearly(tiny_dirs, tmp_path):
+    with pytest.raises(ExportError, match="not supported yet"):
+        export(ExportConfig(model=str(tiny_dirs("qwen2vl")), out=str(tmp_path / "q")))
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_export_errors_exit_2(tmp_path, capsys):
+    from factory.cli import main
+
+    assert main(["export", "--run", str(tmp_path / "none")]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path), "--quant", "int3"]) == 2
+    assert "subset of" in capsys.readouterr().err
