@@ -1,4 +1,5 @@
-"""Export to quantized ONNX and a torch-free runtime (numpy + onnxruntime + tokenizers + Pillow).
+"""The deployment side: merge + ONNX export + quantization (``build``, ``graphs``; torch) and the edge
+runtime (``runtime``, ``preprocess``; numpy + onnxruntime + tokenizers + Pillow only).
 
-Not built yet: see the export issue. Nothing here may import torch, transformers, trl or peft at import time.
+Nothing imported by ``export.runtime`` may import torch, transformers, trl or peft; a test enforces it.
 """
