@@ -139,6 +139,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench_accuracy(args) -> int:
+    from benchmarks.accuracy import markdown, run
+
+    report = run(args.models, args.data, args.split, args.limit, args.out, args.max_new_tokens, args.batch_size,
+                 progress=not args.quiet)
+    print(markdown(report))
+    print(f"report: {Path(args.out) / 'accuracy.md'} (+ accuracy.json, confusion_*.png, per_class_recall.png)")
+    return 0
+
+
+def _bench_images(data: str, split: str, n: int) -> list[str]:
+    from factory.data.emoset import read_split
+
+    records = read_split(data, split, strict=False, check_images="header").records
+    if not records:
+        raise SVLMError(f"no images in {data} {split}")
+    step = max(1, len(records) // n)
+    return [str(r.image_path) for r in records[::step][:n]]
+
+
+def cmd_bench_latency(args) -> int:
+    from benchmarks.latency import markdown, run
+
+    images = _bench_images(args.data, args.split, args.images)
+    report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
+                 command="svlm " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("svlm") else None)
+    print(markdown(report))
+    print(f"report: {Path(args.out) / 'latency.md'} (+ latency.json, latency_vs_accuracy.png)")
+    return 0
+
+
 def cmd_stages(args) -> int:
     from factory.train.stages import STAGES
 
@@ -231,6 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", help="comma-separated subset of fp32,int8,int4 (default all)")
     p.add_argument("--block-size", dest="block_size", type=int, help="int4 MatMulNBits block size (default 32)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out")
+
+    bench = sub.add_parser("bench", help="benchmarks: accuracy per model and class; latency, size, memory").add_subparsers(
+        dest="bench_command", required=True, metavar="SUBCOMMAND")
+    p = add(bench, "accuracy", "accuracy, macro recall, per-class P/R/F1, confusion matrix, format rate of "
+            "PyTorch stage outputs and ONNX packages", cmd_bench_accuracy)
+    p.add_argument("--models", nargs="+", required=True, help="ONNX packages, stage outputs (runs/N/STAGE) or "
+                   "checkpoints")
+    p.add_argument("--data", required=True, help="EmoSet root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    p.add_argument("--out", default="bench", help="report folder (default bench/)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=160)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="PyTorch generate batch")
+    p = add(bench, "latency", "p50/p95 preprocessing, vision, time to first token, decode tokens/s, end-to-end; "
+            "peak RSS and size, one process per model", cmd_bench_latency)
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--data", required=True, help="EmoSet root the images are drawn from")
+    p.add_argument("--split", default="test")
+    p.add_argument("--images", type=int, default=4, help="distinct images cycled through (default 4)")
+    p.add_argument("--runs", type=int, default=8, help="timed runs per model (default 8)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's choice)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=160)
+    p.add_argument("--out", default="bench")
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

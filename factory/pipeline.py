@@ -78,6 +78,15 @@ class ExportStepConfig:
 
 
 @dataclass
+class BenchStepConfig:
+    enabled: bool = True  # accuracy of every stage + ONNX package, and latency, at the end of the run
+    split: str = "test"
+    latency_runs: int = 4
+    latency_warmup: int = 1
+    latency_images: int = 4
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of one ``svlm run``."""
 
@@ -89,6 +98,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainOptions = field(default_factory=default_train)
     export: ExportStepConfig = field(default_factory=ExportStepConfig)
+    bench: BenchStepConfig = field(default_factory=BenchStepConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -169,6 +179,7 @@ def run(cfg: RunConfig) -> dict:
     for name, done in stages.items():
         rows.append({"stage": name, **done["eval"]})
     exported = run_export(cfg, list(stages)) if stages else {}
+    bench = run_bench(cfg, root, list(stages), exported) if stages else {}
     summary = {
         "data_root": str(root),
         "splits": {s: r.summary() for s, r in splits.items()},
@@ -176,6 +187,7 @@ def run(cfg: RunConfig) -> dict:
         "model": {"source": source, "family": cfg.model.family if cfg.model.source is None else None},
         "stages": rows,
         "export": exported,
+        "bench": bench,
         "seconds": round(time.time() - t0, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -185,7 +197,9 @@ def run(cfg: RunConfig) -> dict:
     for quant, info in exported.items():
         _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB, labels agree with PyTorch on "
              f"{info['label_agreement']:.0%} of {info['images']} images)")
-    _log("next (not built yet): benchmarks → demo")
+    if bench:
+        _log(f"benchmark report: {bench['accuracy_md']} and {bench['latency_md']} (+ plots in {bench['dir']})")
+    _log("next (not built yet): demo")
     return summary
 
 
@@ -212,6 +226,32 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
                 "greedy_tokens_identical": m["validation"]["greedy_tokens_identical"],
                 "label_agreement": m["validation"]["label_agreement"], "images": m["validation"]["images"]}
             for q, m in manifests.items()}
+
+
+def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> dict:
+    """Accuracy of every stage and package on the test split, and latency of the last stage's variants."""
+    if not cfg.bench.enabled:
+        return {}
+    from benchmarks import accuracy, latency
+    from factory.cli import _bench_images
+
+    out = cfg.run_dir / "bench"
+    torch_models = [str(cfg.run_dir / s) for s in stages]
+    onnx_models = [info["path"] for info in exported.values()]
+    _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
+         f"{len(onnx_models)} ONNX packages")
+    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, out=out, progress=True)
+    images = _bench_images(str(root), cfg.bench.split, cfg.bench.latency_images)
+    _log("benchmarking latency (one process per model)")
+    lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
+                      cfg.bench.latency_warmup, command="svlm run (bench step)")
+    print(accuracy.markdown(acc))
+    print(latency.markdown(lat))
+    return {"dir": str(out), "accuracy_md": str(out / "accuracy.md"), "latency_md": str(out / "latency.md"),
+            "accuracy": {r["model"]: r["accuracy"] for r in acc["models"]},
+            "label_agreement_with_pytorch": {r["model"]: r["label_agreement_with_pytorch"] for r in acc["models"]
+                                             if "label_agreement_with_pytorch" in r},
+            "e2e_s_p50": {r["model"]: r["e2e_s"]["p50"] for r in lat["models"]}}
 
 
 def format_table(rows: list[dict]) -> str:

@@ -42,3 +42,29 @@ def cot_dir(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("cot") / "cot"
     build(CotConfig(data=str(synth_root), split="train", out=str(out)), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def baseline_run(tmp_path_factory, synth_root):
+    """A tiny InternVL whose label-only baseline answers <answer>label</answer> (trained in ~3 s)."""
+    from factory import config as config_lib
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "b", "data": str(synth_root),
+        "model": {"size": "tiny"}, "eval": {"limit": 4, "max_new_tokens": 8},
+        "train": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},
+                  "stages": {"0_baseline": {"max_steps": 60, "learning_rate": 1e-2, "grad_accum": 1,
+                                            "save_steps": 1000}}}})
+    train(cfg, ["0_baseline"], progress=False)
+    return cfg.run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(baseline_run):
+    """fp32/int8/int4 packages of the tiny baseline."""
+    from export.build import ExportConfig, export
+
+    out = baseline_run / "export"
+    manifests = export(ExportConfig(run=str(baseline_run), out=str(out), validate_images=6, max_new_tokens=12))
+    return out, manifests

@@ -17,28 +17,6 @@ from export.build import ExportConfig, ExportError, export
 from export.runtime import Package, PackageError
 
 
-@pytest.fixture(scope="module")
-def baseline_run(tmp_path_factory, synth_root):
-    """A tiny InternVL whose label-only baseline answers <answer>label</answer> (trained in ~3 s)."""
-    from factory.train.runner import TrainConfig, train
-
-    cfg = config_lib.build(TrainConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "b", "data": str(synth_root),
-        "model": {"size": "tiny"}, "eval": {"limit": 4, "max_new_tokens": 8},
-        "train": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},
-                  "stages": {"0_baseline": {"max_steps": 60, "learning_rate": 1e-2, "grad_accum": 1,
-                                            "save_steps": 1000}}}})
-    train(cfg, ["0_baseline"], progress=False)
-    return cfg.run_dir
-
-
-@pytest.fixture(scope="module")
-def exported(baseline_run):
-    out = baseline_run / "export"
-    manifests = export(ExportConfig(run=str(baseline_run), out=str(out), validate_images=6, max_new_tokens=12))
-    return out, manifests
-
-
 def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
     import torch
     from peft import PeftModel

@@ -1,0 +1,158 @@
+"""``svlm bench accuracy``: any mix of PyTorch stage outputs and ONNX packages on one EmoSet split.
+
+Per model: accuracy, macro recall, per-class precision / recall / F1, the confusion matrix (all from
+scikit-learn), format compliance and the unparsable-answer rate. Writes ``accuracy.json``,
+``accuracy.md`` and plots (a confusion matrix per model, per-class recall bars, accuracy by model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from factory.prompts import EMOTIONS
+
+
+def metrics(y_true: list[str], y_pred: list[str | None], well_formed: list[bool]) -> dict:
+    """Everything the report shows, from scikit-learn; an unparsable answer counts as wrong."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, recall_score
+
+    pred = [p or "<unparsable>" for p in y_pred]
+    labels = list(EMOTIONS)
+    n = len(y_true)
+    report = classification_report(y_true, pred, labels=labels, output_dict=True, zero_division=0)
+    return {
+        "n": n,
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "macro_recall": float(recall_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "format_rate": sum(well_formed) / n if n else 0.0,
+        "unparsable_rate": sum(p is None for p in y_pred) / n if n else 0.0,
+        "per_class": {lab: {k: float(report[lab][k]) for k in ("precision", "recall", "f1-score", "support")}
+                      for lab in labels},
+        # rows: true label, columns: predicted label, in EMOTIONS order plus a last column for unparsable
+        "confusion": confusion_matrix(y_true, pred, labels=labels + ["<unparsable>"]).tolist(),
+    }
+
+
+def predict(model, records, max_new_tokens: int, batch_size: int, progress: bool) -> list[str]:
+    """Completions for every record: batched ``generate`` for PyTorch, the runtime for ONNX."""
+    if model.kind == "pytorch":
+        from factory.evaluate import generate_answers
+
+        return generate_answers(model.model, model.processor, [r.image_path for r in records], model.style,
+                                max_new_tokens, batch_size, progress)
+    items = records
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(records, desc=model.name, unit="img")
+    return [model.answer(r.image_path, max_new_tokens).text for r in items]
+
+
+def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: str | Path = "bench",
+        max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True) -> dict:
+    from benchmarks.models import load
+    from factory.data.emoset import read_split
+    from factory.prompts import parse_answer
+
+    records = read_split(data, split, strict=False, check_images="header").records
+    if limit:
+        records = records[:limit]
+    results = []
+    for spec in models:
+        model = load(spec)
+        texts = predict(model, records, max_new_tokens, batch_size, progress)
+        parsed = [parse_answer(t, allow_bare_label=model.style == "label") for t in texts]
+        well = [p.well_formed if model.style == "cot" else p.label is not None for p in parsed]
+        m = metrics([r.emotion for r in records], [p.label for p in parsed], well)
+        results.append({"model": model.name, "path": str(spec), "kind": model.kind, "style": model.style, **m,
+                        "predictions": [{"image_id": r.image_id, "emotion": r.emotion, "predicted": p.label}
+                                        for r, p in zip(records, parsed)]})
+        del model
+    _agreement(results)
+    report = {"data": str(data), "split": split, "images": len(records), "models": results}
+    write(report, Path(out))
+    return report
+
+
+def _agreement(results: list[dict]) -> None:
+    """For each ONNX row, the share of images where it predicts the same label as the PyTorch model of the
+    same stage (when that model is in the report)."""
+    torch_rows = {r["model"].split()[0]: r for r in results if r["kind"] == "pytorch"}
+    for r in results:
+        ref = torch_rows.get(r["model"].split()[0])
+        if r["kind"] == "onnx" and ref is not None:
+            same = [a["predicted"] == b["predicted"] for a, b in zip(r["predictions"], ref["predictions"])]
+            r["label_agreement_with_pytorch"] = sum(same) / len(same) if same else 0.0
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Accuracy on {report['split']} ({report['images']} images, {report['data']})", "",
+             "| model | kind | accuracy | macro recall | format | unparsable | labels = PyTorch's |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["models"]:
+        agree = r.get("label_agreement_with_pytorch")
+        lines.append(f"| {r['model']} | {r['kind']} | {r['accuracy']:.1%} | {r['macro_recall']:.1%} | "
+                     f"{r['format_rate']:.1%} | {r['unparsable_rate']:.1%} | "
+                     f"{'' if agree is None else f'{agree:.1%}'} |")
+    lines += ["", "Per-class recall:", "", "| model | " + " | ".join(EMOTIONS) + " |",
+              "|---|" + "---|" * len(EMOTIONS)]
+    for r in report["models"]:
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r['per_class'][e]['recall']:.0%}" for e in EMOTIONS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    (out / "accuracy.md").write_text(markdown(report))
+    models = report["models"]
+    for r in models:
+        cm = np.array(r["confusion"])
+        fig, ax = plt.subplots(figsize=(6.4, 5.4))
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(len(EMOTIONS) + 1), list(EMOTIONS) + ["unparsable"], rotation=45, ha="right")
+        ax.set_yticks(range(len(EMOTIONS) + 1), list(EMOTIONS) + ["unparsable"])
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{r['model']}: accuracy {r['accuracy']:.1%}")
+        fig.tight_layout()
+        fig.savefig(out / f"confusion_{_slug(r['model'])}.png", dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(EMOTIONS)), 3.6))
+    width = 0.8 / max(len(models), 1)
+    for i, r in enumerate(models):
+        ax.bar([j + i * width for j in range(len(EMOTIONS))], [r["per_class"][e]["recall"] for e in EMOTIONS],
+               width, label=r["model"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(EMOTIONS))], list(EMOTIONS), rotation=20)
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "per_class_recall.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2, 3.4))
+    ax.bar(range(len(models)), [r["accuracy"] for r in models], color="tab:blue")
+    ax.axhline(1 / len(EMOTIONS), color="grey", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_xticks(range(len(models)), [r["model"] for r in models], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_by_model.png", dpi=100)
+    plt.close(fig)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
