@@ -50,7 +50,7 @@ def predict(model, records, max_new_tokens: int, batch_size: int, progress: bool
 
 
 def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: str | Path = "bench",
-        max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True) -> dict:
+        max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True, command: str | None = None) -> dict:
     from benchmarks.models import load
     from factory.data.emoset import read_split
     from factory.prompts import parse_answer
@@ -70,7 +70,7 @@ def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: 
                                         for r, p in zip(records, parsed)]})
         del model
     _agreement(results)
-    report = {"data": str(data), "split": split, "images": len(records), "models": results}
+    report = {"command": command, "data": str(data), "split": split, "images": len(records), "models": results}
     write(report, Path(out))
     return report
 
@@ -87,8 +87,10 @@ def _agreement(results: list[dict]) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Accuracy on {report['split']} ({report['images']} images, {report['data']})", "",
-             "| model | kind | accuracy | macro recall | format | unparsable | labels = PyTorch's |",
+    lines = [f"# Accuracy on {report['split']} ({report['images']} images, {report['data']})", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    lines += ["| model | kind | accuracy | macro recall | format | unparsable | labels = PyTorch's |",
              "|---|---|---|---|---|---|---|"]
     for r in report["models"]:
         agree = r.get("label_agreement_with_pytorch")

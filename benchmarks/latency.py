@@ -45,8 +45,20 @@ def measure_one(spec: str, images: list[str], runs: int, warmup: int, threads: i
         "ttft_s": _pct([a.ttft_s for a in answers]),
         "decode_tokens_per_s": _pct([a.tokens_per_s for a in answers]),
         "e2e_s": _pct([a.e2e_s for a in answers]),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss does not (a child
+    started from a large parent reports the parent's peak), so it is only the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(models: list[str], images: list[str], out: str | Path = "bench", runs: int = 5, warmup: int = 2,
@@ -110,9 +122,10 @@ def write(report: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for x, y, name in points:
-        ax.scatter(x, y)
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for x, y, name in points:  # a legend, not annotations: variants of one stage share an accuracy
+        ax.scatter(x, y, s=60, label=f"{name} ({x:.2f} s, {y:.1%})")
+    ax.legend(fontsize=7)
+    ax.set_xlim(left=0)
     ax.set_xlabel("end-to-end seconds per image (p50)")
     ax.set_ylabel("accuracy")
     ax.set_title("latency vs accuracy")

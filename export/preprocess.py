@@ -21,6 +21,8 @@ def load_image(source) -> Image.Image:
     else:
         try:
             img = Image.open(source)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"image refused: {exc}") from None
         except (OSError, ValueError) as exc:
             raise ValueError(f"not a readable image: {source!r} ({exc})") from None
     if img.width * img.height > MAX_PIXELS:

@@ -143,10 +143,17 @@ def cmd_bench_accuracy(args) -> int:
     from benchmarks.accuracy import markdown, run
 
     report = run(args.models, args.data, args.split, args.limit, args.out, args.max_new_tokens, args.batch_size,
-                 progress=not args.quiet)
+                 progress=not args.quiet, command=_command())
     print(markdown(report))
     print(f"report: {Path(args.out) / 'accuracy.md'} (+ accuracy.json, confusion_*.png, per_class_recall.png)")
     return 0
+
+
+def _command() -> str | None:
+    """The command line that produced a benchmark, as typed (recorded beside its figures)."""
+    import shlex
+
+    return "svlm " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "svlm" else None
 
 
 def _bench_images(data: str, split: str, n: int) -> list[str]:
@@ -164,9 +171,17 @@ def cmd_bench_latency(args) -> int:
 
     images = _bench_images(args.data, args.split, args.images)
     report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
-                 command="svlm " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("svlm") else None)
+                 command=_command())
     print(markdown(report))
     print(f"report: {Path(args.out) / 'latency.md'} (+ latency.json, latency_vs_accuracy.png)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from demo.app import launch
+
+    print(f"svlm demo on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    launch(args.runs, args.model, args.host, args.port, args.share)
     return 0
 
 
@@ -286,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's choice)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=160)
     p.add_argument("--out", default="bench")
+
+    p = add(sub, "demo", "Gradio app: streamed emotion reasoning for an image, any exported or trained variant",
+            cmd_demo)
+    p.add_argument("--model", help="an ONNX package or stage output to offer first (default: the int8 package of "
+                   "the newest run)")
+    p.add_argument("--runs", default="runs", help="where to look for variants (default runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

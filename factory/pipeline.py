@@ -199,7 +199,9 @@ def run(cfg: RunConfig) -> dict:
              f"{info['label_agreement']:.0%} of {info['images']} images)")
     if bench:
         _log(f"benchmark report: {bench['accuracy_md']} and {bench['latency_md']} (+ plots in {bench['dir']})")
-    _log("next (not built yet): demo")
+    if exported:
+        model = exported.get("int8", next(iter(exported.values())))["path"]
+        _log(f"open the demo on this run: svlm demo --runs {cfg.output_dir} --model {model}")
     return summary
 
 
@@ -240,7 +242,8 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> 
     onnx_models = [info["path"] for info in exported.values()]
     _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
          f"{len(onnx_models)} ONNX packages")
-    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, out=out, progress=True)
+    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, out=out, progress=True,
+                       command="svlm run (bench step)")
     images = _bench_images(str(root), cfg.bench.split, cfg.bench.latency_images)
     _log("benchmarking latency (one process per model)")
     lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,

@@ -1,0 +1,219 @@
+"""``svlm demo``: a Gradio app that streams the model's emotion reasoning for an image.
+
+    svlm demo                                  # the int8 ONNX package of the newest run, on 127.0.0.1:7860
+    svlm demo --model runs/default/export/int4 --port 8000
+
+Pick an example or upload an image, choose a model variant (every ONNX package and trained stage found
+under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a label with a
+per-emotion probability chart (the distribution of the answer token), next to time to first token,
+tokens/s and the model's size. ONNX variants run on ``export.runtime`` and never import torch; PyTorch
+stage outputs load torch only when chosen. Bad input (not an image, over 64 MP, nothing uploaded) is
+refused with a visible message.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from factory.prompts import EMOTIONS
+
+EXAMPLES_PER_CLASS = 1
+
+
+def find_models(runs: str | Path = "runs") -> dict[str, str]:
+    """Display name → path for every ONNX package and finished stage under ``runs``, newest run first,
+    int8 ONNX first within a run (the default)."""
+    root = Path(runs)
+    if not root.is_dir():
+        return {}
+    found: dict[str, str] = {}
+    rank = {"int8": 0, "int4": 1, "fp32": 2}
+    for run in sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True):
+        packages = sorted((m.parent for m in (run / "export").glob("*/manifest.json")),
+                          key=lambda p: rank.get(p.name, 9))
+        for pkg in packages:
+            found[f"{run.name} · ONNX {pkg.name}"] = str(pkg)
+        for done in sorted(run.glob("*/done.json"), reverse=True):
+            found[f"{run.name} · {done.parent.name} (PyTorch)"] = str(done.parent)
+    return found
+
+
+def example_images(folder: Path) -> list[str]:
+    """One synthetic image per emotion (the project's generator), written once."""
+    from factory.data.synth import SynthConfig, generate
+
+    if not (folder / "image").is_dir():
+        generate(SynthConfig(out=str(folder), n=8 * 10, seed=7, image_size=160), progress=False)
+    return [str(sorted((folder / "image" / e).glob("*.jpg"))[0]) for e in EMOTIONS]
+
+
+class Models:
+    """Loads each chosen variant once and streams its generation."""
+
+    def __init__(self):
+        self._cache: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str):
+        with self._lock:
+            if path not in self._cache:
+                self._cache[path] = _load(path)
+            return self._cache[path]
+
+
+def _load(path: str):
+    if (Path(path) / "manifest.json").is_file():
+        from export.runtime import Package
+
+        return Package(path)
+    from benchmarks.models import TorchModel  # torch only for PyTorch variants
+
+    return TorchModel(Path(path))
+
+
+def _size_mb(model) -> float:
+    if hasattr(model, "manifest"):
+        return model.manifest["size_bytes"] / 1e6
+    return model.size_bytes / 1e6
+
+
+def stream(model, image_path: str, max_new_tokens: int = 160):
+    """Yield ("text", partial text) while generating, then ("done", result dict)."""
+    from export.preprocess import load_image
+
+    image = load_image(image_path)  # raises ValueError with a readable message for bad input
+    chunks: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def work():
+        try:
+            if hasattr(model, "manifest"):
+                g = model.generate(image, max_new_tokens=max_new_tokens, on_text=chunks.put)
+                box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs, "ttft_s": g.ttft_s,
+                                 "tokens_per_s": g.tokens_per_s, "tokens": len(g.token_ids)}
+            else:
+                box["result"] = _torch_generate(model, image, max_new_tokens, chunks.put)
+        except Exception as exc:  # surfaced to the user below
+            box["error"] = exc
+        finally:
+            chunks.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    text = ""
+    while (piece := chunks.get()) is not None:
+        text += piece
+        yield "text", text
+    if "error" in box:
+        raise box["error"]
+    yield "done", box["result"]
+
+
+def _torch_generate(model, image, max_new_tokens: int, on_text) -> dict:
+    """Greedy generation of a PyTorch variant with a text streamer and the answer-token distribution."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from factory.prompts import parse_answer
+
+    tok = model.processor.tokenizer
+    inputs = model.processor(images=[[image]], text=[model.prompt], return_tensors="pt")
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    out: dict = {}
+    t0 = time.perf_counter()
+
+    def run():
+        with torch.no_grad():
+            out["gen"] = model.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                              streamer=streamer, output_scores=True, return_dict_in_generate=True)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    first, text = None, ""
+    for piece in streamer:
+        first = first or time.perf_counter()
+        text += piece
+        on_text(piece)
+    worker.join()
+    end = time.perf_counter()
+    gen = out["gen"]
+    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    probs = {}
+    answer_id = tok.convert_tokens_to_ids("<answer>")
+    if answer_id in new and new.index(answer_id) + 1 < len(gen.scores):
+        scores = torch.softmax(gen.scores[new.index(answer_id) + 1][0].float(), -1)
+        first_ids = {lab: tok.encode(lab, add_special_tokens=False)[0] for lab in EMOTIONS}
+        total = float(sum(scores[i] for i in first_ids.values())) or 1.0
+        probs = {lab: float(scores[i]) / total for lab, i in first_ids.items()}
+    first = first or end
+    return {"text": text, "label": parse_answer(text).label, "probs": probs, "ttft_s": first - t0,
+            "tokens_per_s": (len(new) - 1) / (end - first) if end > first else 0.0, "tokens": len(new)}
+
+
+def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir: str | Path | None = None):
+    """The Gradio Blocks app."""
+    import tempfile
+
+    import gradio as gr
+
+    choices = find_models(runs)
+    if model is not None:
+        if not Path(model).is_dir():
+            from factory.errors import SVLMError
+
+            raise SVLMError(f"--model {model} is not a folder")
+        choices = {f"{Path(model).name} ({model})": str(model), **choices}
+    if not choices:
+        from factory.errors import SVLMError
+
+        raise SVLMError(f"no exported package or trained stage under {runs}; run `svlm run` first or pass --model")
+    default = next(iter(choices))
+    models = Models()
+    examples = example_images(Path(examples_dir or Path(tempfile.gettempdir()) / "svlm_demo_examples"))
+
+    def analyze(image_path, choice):
+        if not image_path:
+            raise gr.Error("Upload an image or pick an example first.")
+        if choice not in choices:
+            raise gr.Error(f"Unknown model {choice!r}.")
+        mdl = models.get(choices[choice])
+        try:
+            for kind, value in stream(mdl, image_path):
+                if kind == "text":
+                    yield value, None, "generating…"
+                else:
+                    label = value["label"] or "no valid answer"
+                    probs = value["probs"] or ({value["label"]: 1.0} if value["label"] else {})
+                    stats = (f"**{label}** · time to first token {value['ttft_s'] * 1e3:.0f} ms · "
+                             f"{value['tokens_per_s']:.0f} tokens/s · {value['tokens']} tokens · "
+                             f"model {_size_mb(mdl):.1f} MB")
+                    yield value["text"], (probs or label), stats
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
+    with gr.Blocks(title="SVLM Factory: emotion reasoning") as app:
+        gr.Markdown("# Emotion reasoning on a small VLM\nUpload an image; the model reasons in `<think>` and "
+                    f"answers one of: {', '.join(EMOTIONS)}.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
+                choice = gr.Dropdown(list(choices), value=default, label="model variant", elem_id="model")
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                gr.Examples(examples, inputs=image, label="examples (synthetic)")
+            with gr.Column():
+                label = gr.Label(label="emotion", num_top_classes=8, elem_id="emotion")
+                reasoning = gr.Textbox(label="reasoning (streamed)", lines=8, elem_id="reasoning")
+                stats = gr.Markdown(elem_id="stats")
+        button.click(analyze, [image, choice], [reasoning, label, stats], api_name="analyze")
+    app.queue(default_concurrency_limit=2, max_size=32)
+    return app
+
+
+def launch(runs: str = "runs", model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
+           share: bool = False, block: bool = True):
+    app = build_app(runs, model)
+    app.launch(server_name=host, server_port=port, share=share, max_file_size="25mb",
+               prevent_thread_lock=not block, show_error=True)
+    return app
