@@ -57,35 +57,48 @@ def _handler(script: Script):
                 script.auth_headers.append(self.headers.get("Authorization", ""))
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            left = []
+
+            def leave():
+                # leave the in-flight count before the reply is sent: once the client has its answer it may
+                # start the next request at once, and must not find this one still counted
+                if not left:
+                    left.append(True)
+                    with script.lock:
+                        script.in_flight -= 1
+
+            def respond(code, body):
+                leave()
+                return self._reply(code, body)
+
             try:
                 if script.delay:
                     time.sleep(script.delay)
                 wrong = EMOTIONS[(EMOTIONS.index(label) + 1) % len(EMOTIONS)]
                 if model == "oracle":
-                    return self._reply(200, _completion(format_answer(label, f"I see {label} cues.")))
+                    return respond(200, _completion(format_answer(label, f"I see {label} cues.")))
                 if model == "wrong":
                     if "Hint:" in text:  # rationalization: follows the hint
-                        return self._reply(200, _completion(format_answer(label, "Given the hint, the cues fit.")))
-                    return self._reply(200, _completion(format_answer(wrong, "Looks different to me.")))
+                        return respond(200, _completion(format_answer(label, "Given the hint, the cues fit.")))
+                    return respond(200, _completion(format_answer(wrong, "Looks different to me.")))
                 if model == "malformed":
-                    return self._reply(200, "this is not json" if n % 2 else {"choices": []})
+                    return respond(200, "this is not json" if n % 2 else {"choices": []})
                 if model == "rambler":  # right label, no tags
-                    return self._reply(200, _completion(f"I think it is {label}."))
+                    return respond(200, _completion(f"I think it is {label}."))
                 if model == "slow":
                     time.sleep(script.slow_seconds)
-                    return self._reply(200, _completion(format_answer(label, "late")))
+                    return respond(200, _completion(format_answer(label, "late")))
                 if model == "flaky":  # 500 then 429 then fine
                     if n == 1:
-                        return self._reply(500, {"error": "boom"})
+                        return respond(500, {"error": "boom"})
                     if n == 2:
-                        return self._reply(429, {"error": "slow down"})
-                    return self._reply(200, _completion(format_answer(label, "third time lucky")))
+                        return respond(429, {"error": "slow down"})
+                    return respond(200, _completion(format_answer(label, "third time lucky")))
                 if model == "down":
-                    return self._reply(503, {"error": "unavailable"})
-                return self._reply(400, {"error": f"unknown model {model}"})
+                    return respond(503, {"error": "unavailable"})
+                return respond(400, {"error": f"unknown model {model}"})
             finally:
-                with script.lock:
-                    script.in_flight -= 1
+                leave()
 
     return Handler
 

@@ -4,14 +4,15 @@ Stages 2, 3 and 4 differ only in their config: which rewards (``factory.rewards`
 the clip range. ClipLow GRPO is trl's asymmetric clip — ``epsilon`` is ε_low, ``epsilon_high`` is ε_high —
 with ``num_iterations ≥ 2`` so that the ratio can leave 1 (the stage table refuses settings where it
 cannot). No loss is re-implemented here. ``beta`` defaults to 0, so no reference model is kept.
-Rollouts use plain ``generate`` on the training model (DESIGN.md §3: vLLM with images + QLoRA is not a
-safe default).
+Rollouts use ``generate`` on a dense copy of the policy on CUDA (``rollout: auto``, see ``rollout.py``) and on
+the training model on a CPU; never vLLM (DESIGN.md §3: with images + QLoRA it is not a safe default).
 """
 
 from __future__ import annotations
 
 from factory.rewards import get_rewards
-from factory.train.common import StageContext, callbacks, load_policy, run_trainer, stage_dataset, trainer_args
+from factory.train.common import (StageContext, callbacks, cuda, load_policy, run_trainer, stage_dataset,
+                                  trainer_args)
 
 
 def grpo_args(ctx: StageContext) -> dict:
@@ -36,13 +37,23 @@ def grpo_args(ctx: StageContext) -> dict:
     return {**args, **s.trl}
 
 
+def dense_rollouts(ctx: StageContext) -> bool:
+    return ctx.stage.rollout == "dense" or (ctx.stage.rollout == "auto" and cuda())
+
+
 def run_grpo(ctx: StageContext):
     """Train one GRPO stage; returns ``(model, processor, metrics)``."""
     from trl import GRPOConfig, GRPOTrainer
 
     model, processor = load_policy(ctx)
     dataset = stage_dataset(ctx)
-    trainer = GRPOTrainer(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=GRPOConfig(**grpo_args(ctx)),
+    trainer_cls = GRPOTrainer
+    if dense_rollouts(ctx):
+        from factory.train.rollout import fast_grpo_trainer_class
+
+        trainer_cls = fast_grpo_trainer_class()
+        trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda()}
+    trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=GRPOConfig(**grpo_args(ctx)),
                           train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
     metrics = run_trainer(ctx, trainer)
     return trainer.model, processor, metrics

@@ -62,6 +62,11 @@ class StageConfig:
     beta: float = 0.0  # KL weight; 0 keeps no reference model (trl's default)
     loss_type: str = "dapo"
     mask_truncated_completions: bool = False
+    # Rollouts: "trl" generates with the training model; "dense" with a dense copy of the policy refreshed
+    # after every optimizer step (factory/train/rollout.py); "auto": dense on CUDA, trl on a CPU (where the
+    # training model is already dense and a copy only costs memory).
+    rollout: Literal["auto", "trl", "dense"] = "auto"
+    rollout_static_cache: bool = True  # dense rollouts: a static KV cache, which transformers compiles on CUDA
     trl: dict = field(default_factory=dict)  # any other SFTConfig/GRPOConfig argument, passed through as is
 
     def __post_init__(self):

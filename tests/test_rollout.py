@@ -1,0 +1,105 @@
+"""Dense rollouts sample from the policy being trained: the copy's log-probs equal the training model's,
+and the copy follows the adapter after every optimizer step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factory.train.rollout import RolloutCopy
+
+
+def _policy(tiny_dirs, family="internvl", nf4=False):
+    from peft import LoraConfig, get_peft_model
+
+    from factory.families import get_family
+    from factory.models import load_model
+
+    loaded = load_model(tiny_dirs(family), load_in_4bit=nf4, dtype="float32", device="cpu")
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=get_family(family).lora_target_modules,
+                     modules_to_save=["lm_head"], init_lora_weights=False)  # random B: a non-zero delta
+    torch.manual_seed(0)
+    return get_peft_model(loaded.model, cfg).eval(), loaded.processor
+
+
+def _inputs(processor, n=2):
+    from export.build import _probe_inputs
+
+    return _probe_inputs(processor, n)
+
+
+def _token_logps(model, inputs, sequences):
+    with torch.no_grad():
+        full = {**inputs, "input_ids": sequences,
+                "attention_mask": torch.ones_like(sequences)}
+        logits = model(**full).logits[:, inputs["input_ids"].shape[1] - 1:-1].float()
+    new = sequences[:, inputs["input_ids"].shape[1]:]
+    return torch.log_softmax(logits, -1).gather(-1, new[..., None])[..., 0]
+
+
+@pytest.mark.parametrize("family", ["internvl", "smolvlm"])
+def test_sampled_tokens_have_the_same_logprobs_under_copy_and_policy(tiny_dirs, family):
+    policy, processor = _policy(tiny_dirs, family)
+    copy = RolloutCopy(policy)
+    inputs = _inputs(processor)
+    torch.manual_seed(1)
+    with copy.serving(policy), torch.no_grad():
+        out = policy.generate(**inputs, max_new_tokens=8, do_sample=True, temperature=1.0)
+    gap = (_token_logps(policy, inputs, out) - _token_logps(copy.model, inputs, out)).abs().max()
+    assert gap < 1e-4, f"log-prob gap {gap:.2e}"
+    assert "generate" not in policy.__dict__  # the routing is scoped
+
+
+def test_copy_follows_the_adapter_after_an_optimizer_step(tiny_dirs):
+    policy, processor = _policy(tiny_dirs)
+    copy = RolloutCopy(policy)
+    inputs = _inputs(processor)
+    policy.train()
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0)
+    policy(**inputs).logits.float().pow(2).mean().backward()
+    opt.step()
+    policy.eval()
+    with torch.no_grad():
+        want = policy(**inputs).logits
+        stale = copy.model(**inputs).logits
+        copy.refresh(policy, step=1)
+        fresh = copy.model(**inputs).logits
+    assert (want - stale).abs().max() > 1e-3  # the step changed the policy, and the old copy lags
+    assert (want - fresh).abs().max() < 1e-4 and copy.step == 1
+
+
+def test_copy_of_an_nf4_policy_is_dense_and_matches(tiny_dirs):
+    import bitsandbytes as bnb
+
+    policy, processor = _policy(tiny_dirs, nf4=True)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
+    copy = RolloutCopy(policy, dtype=torch.float32)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in copy.model.modules())
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        gap = (policy(**inputs).logits.float() - copy.model(**inputs).logits).abs().max()
+    assert gap < 1e-3, f"logit gap {gap:.2e}"
+
+
+def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_root, cot_dir, tiny_dirs, monkeypatch):
+    from factory import config as config_lib
+    from factory import rewards
+    from factory.train import rollout
+    from factory.train.runner import TrainConfig, train
+
+    monkeypatch.setitem(rewards.REWARDS, "varied",
+                        lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
+    refreshes = []
+    real = rollout.RolloutCopy.refresh
+    monkeypatch.setattr(rollout.RolloutCopy, "refresh",
+                        lambda self, model, step=None: (refreshes.append(step), real(self, model, step))[1])
+    small = {"max_steps": 3, "save_steps": 10, "logging_steps": 1, "batch_size": 4}
+    grpo = {**small, "num_generations": 2, "max_completion_length": 8, "rollout": "dense",
+            "rewards": ["format", "varied"]}
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path), "name": "r", "data": str(synth_root), "cot": str(cot_dir),
+        "model": {"source": str(tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
+        "train": {"lora": {"r": 4, "alpha": 8}, "stages": {"1_sft": small, "2_grpo_format": grpo}}})
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    # the initial build refreshes (step None), then one refresh per rollout after an optimizer step
+    assert refreshes[0] is None and refreshes[1:] == [1, 2]
