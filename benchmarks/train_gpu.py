@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--compare-shape", default="internvl3-1b-shape", help="shape for trl vs ours")
     parser.add_argument("--memory-shape", default="internvl3-2b-shape", help="shape for the memory check")
+    parser.add_argument("--memory-stages", default="1_sft,4_clgrpo", help="stages measured on the memory shape")
     parser.add_argument("--workdir", default="/tmp/svlm_train_gpu")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg2 = config(args.memory_shape, {"1_sft": {"max_steps": 3, "batch_size": 8, "grad_accum": 1, **quiet},
                                       "4_clgrpo": {**grpo, "max_steps": 4, "rollout": "dense"}})
     base2 = base_source(cfg2)
-    partial({"shape": args.memory_shape, **_measure(cfg2, "1_sft", base2, data, cot, work)})
-    partial({"shape": args.memory_shape, **_measure(cfg2, "4_clgrpo", base2, data, cot, work)})
+    for name in args.memory_stages.split(","):
+        partial({"shape": args.memory_shape, **_measure(cfg2, name, base2, data, cot, work)})
 
     plain, dense = rows[0], rows[1]
     steady = lambda r: r["generation_steps_s"][-1]  # noqa: E731 (the last generation batch: compiled, warm)

@@ -66,6 +66,10 @@ def test_copy_follows_the_adapter_after_an_optimizer_step(tiny_dirs):
         fresh = copy.model(**inputs).logits
     assert (want - stale).abs().max() > 1e-3  # the step changed the policy, and the old copy lags
     assert (want - fresh).abs().max() < 1e-4 and copy.step == 1
+    with torch.no_grad():  # refreshing writes only into the copy, never into shared training weights
+        assert torch.equal(policy(**inputs).logits, want)
+    shared = {id(p) for p in policy.parameters()} & {id(p) for p in copy.model.parameters()}
+    assert shared and len(shared) < len(list(copy.model.parameters()))  # frozen modules shared, adapted ones not
 
 
 def test_copy_of_an_nf4_policy_is_dense_and_matches(tiny_dirs):

@@ -6,7 +6,8 @@ second copy in the compute dtype holds ``dequantized base + LoRA delta`` for eve
 what ``generate`` runs on. It is refreshed from the training model whenever the optimizer has stepped since
 the last rollout, so it samples from the policy being trained: the only difference is rounding in the
 dense weights (a CPU test bounds the log-prob gap; trl computes the loss's old log-probs with the training
-model itself). The copy costs one dense model (~1 GB for 0.5B language-model parameters in bf16).
+model itself). The copy costs one dense copy of the adapted layers (~1 GB for a 0.5B language model in bf16); frozen dense
+modules (vision tower, projector, embeddings, norms) are shared with the training model.
 
 The trainer change is a scoped patch: during trl's own generation step, the unwrapped model's
 ``generate`` is routed to the copy; nothing of trl's generation code is copied.
@@ -42,7 +43,6 @@ class RolloutCopy:
         config = base.config
         with torch.device("meta"):
             copy = type(base)(config)
-        copy.to_empty(device=device)
         self.lora: dict[str, object] = {}
         src_modules = dict(base.named_modules())
         with torch.no_grad():
@@ -53,15 +53,24 @@ class RolloutCopy:
                 if isinstance(src, LoraLayer):
                     self.lora[name] = src
                     src = src.base_layer
-                for pname, param in module.named_parameters(recurse=False):
-                    source = _dense_weight(src) if pname == "weight" and hasattr(src, "weight") \
-                        else getattr(src, pname)
-                    param.copy_(source.to(param.dtype))
-                for bname, buf in module.named_buffers(recurse=False):
+                # A frozen, dense source module (vision tower, projector, embeddings, norms) is shared, not
+                # copied: only adapted, quantized or trained weights need a second copy (~1.5 GB saved on 2B).
+                trained = any(p.requires_grad for p in src.parameters())
+                for pname, param in list(module.named_parameters(recurse=False)):
+                    source = getattr(src, pname)
+                    quantized = source.__class__.__name__ in ("Params4bit", "Int8Params")
+                    if not (trained or quantized or name in self.lora) and source.dtype == self.dtype:
+                        module._parameters[pname] = source
+                    else:
+                        value = _dense_weight(src) if quantized else source
+                        module._parameters[pname] = torch.nn.Parameter(
+                            value.detach().to(device=device, dtype=self.dtype).clone(), requires_grad=False)
+                for bname, buf in list(module.named_buffers(recurse=False)):
                     value = getattr(src, bname, None)
-                    if value is not None:
-                        buf.copy_(value)
-        copy.to(self.dtype).eval().requires_grad_(False)
+                    if value is None:
+                        raise RuntimeError(f"rollout copy: buffer {name}.{bname} has no source")
+                    module._buffers[bname] = value
+        copy.eval().requires_grad_(False)
         copy.generation_config = base.generation_config
         if static_cache:
             copy.generation_config.cache_implementation = "static"
@@ -118,8 +127,10 @@ def fast_grpo_trainer_class():
                 self._rollout = RolloutCopy(policy, **self.rollout_options)
                 self._rollout.step = self.state.global_step
                 if self.rollout_options.get("static_cache"):
-                    # trl passes its own generation config to generate(); that one must ask for the cache
+                    # trl passes its own generation config to generate(); that one must ask for the static
+                    # cache, and re-allow compilation, which trl turns off for its training-model rollouts
                     self.generation_config.cache_implementation = "static"
+                    self.generation_config.disable_compile = False
             elif self._rollout.step != self.state.global_step:
                 self._rollout.refresh(policy, self.state.global_step)
             with self._rollout.serving(policy):
