@@ -81,6 +81,7 @@ class ExportStepConfig:
 class BenchStepConfig:
     enabled: bool = True  # accuracy of every stage + ONNX package, and latency, at the end of the run
     split: str = "test"
+    limit: int = 0  # images for the accuracy report (0: the whole split)
     latency_runs: int = 4
     latency_warmup: int = 1
     latency_images: int = 4
@@ -242,12 +243,14 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> 
     onnx_models = [info["path"] for info in exported.values()]
     _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
          f"{len(onnx_models)} ONNX packages")
-    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, out=out, progress=True,
+    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
+                       max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=True,
                        command="svlm run (bench step)")
     images = _bench_images(str(root), cfg.bench.split, cfg.bench.latency_images)
     _log("benchmarking latency (one process per model)")
     lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
-                      cfg.bench.latency_warmup, command="svlm run (bench step)")
+                      cfg.bench.latency_warmup, max_new_tokens=cfg.eval.max_new_tokens,
+                      command="svlm run (bench step)")
     print(accuracy.markdown(acc))
     print(latency.markdown(lat))
     return {"dir": str(out), "accuracy_md": str(out / "accuracy.md"), "latency_md": str(out / "latency.md"),

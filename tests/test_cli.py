@@ -84,7 +84,8 @@ def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):
     argv = ["run", "--output-dir", str(tmp_path), "--name", "t", "model.size=tiny", "data.synth.n=80",
             "data.synth.image_size=32", "eval.limit=4", "eval.max_new_tokens=4", "train.select=1-2",
             "train.stages.1_sft.max_steps=2", "train.stages.2_grpo_format.max_steps=1",
-            "train.stages.2_grpo_format.max_completion_length=4"]
+            "train.stages.2_grpo_format.max_completion_length=4", "bench.limit=4", "bench.latency_runs=1",
+            "bench.latency_warmup=0", "bench.latency_images=1"]
     assert main(argv) == 0
     run_dir = tmp_path / "t"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -98,7 +99,10 @@ def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):
         "2_grpo_format"
     saved = yaml.safe_load((run_dir / "svlm_config.yaml").read_text())
     assert saved["model"]["size"] == "tiny" and saved["data"]["synth"]["out"] == str(run_dir / "data")
-    assert "stage" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stage" in printed
+    assert f"svlm demo --runs {tmp_path} --model {run_dir / 'export' / 'int8'}" in printed
+    assert (run_dir / "bench" / "accuracy.md").is_file() and (run_dir / "bench" / "latency.md").is_file()
     # Rerunning reuses the data and the model instead of rebuilding them.
     weights = run_dir / "base_model" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
