@@ -138,21 +138,23 @@ def write(report: dict, out: Path) -> None:
         ax.bar([j + i * width for j in range(len(EMOTIONS))], [r["per_class"][e]["recall"] for e in EMOTIONS],
                width, label=r["model"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(EMOTIONS))], list(EMOTIONS), rotation=20)
-    ax.set_ylabel("recall")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "per_class_recall.png", dpi=100)
-    plt.close(fig)
+    _save(fig, ax, "recall", out / "per_class_recall.png")
     fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2, 3.4))
     ax.bar(range(len(models)), [r["accuracy"] for r in models], color="tab:blue")
     ax.axhline(1 / len(EMOTIONS), color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(range(len(models)), [r["model"] for r in models], rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy")
+    _save(fig, ax, "accuracy", out / "accuracy_by_model.png")
+
+
+def _save(fig, ax, ylabel: str, path: Path) -> None:
+    """A 0-1 y axis with a legend, written and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_by_model.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
