@@ -51,7 +51,7 @@ class OnnxModel:
         self.package = Package(path, threads=threads)
         m = self.package.manifest
         self.name = f"{m['source'].get('stage') or self.path.parent.name} onnx-{m['quantization']['name']}"
-        self.style = "label" if m["prompt"]["question"].endswith("inside <answer></answer>.") else "cot"
+        self.style = m["source"].get("question_style", "cot")  # the question the package was exported with
         self.size_bytes = m["size_bytes"]
 
     def answer(self, image, max_new_tokens: int) -> Answer:

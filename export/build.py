@@ -144,17 +144,15 @@ def prompt_ids(processor, image, style: str = "cot") -> list[int]:
     return processor(images=[[image]], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
 
 
-def _validation_images(cfg: ExportConfig, provenance: dict, n: int):
+def _validation_images(cfg: ExportConfig, n: int):
     """Real inputs: the run's validation images, else a few synthetic ones."""
     from PIL import Image
 
-    paths = []
-    if cfg.run is not None:
-        for candidate in (Path(cfg.run) / "data" / "val.json",):
-            if candidate.is_file():
-                from factory.data.emoset import read_split
+    from factory.data.emoset import read_split
 
-                paths = [r.image_path for r in read_split(candidate.parent, "val", check_images="none").records]
+    paths = []
+    if cfg.run is not None and (Path(cfg.run) / "data" / "val.json").is_file():
+        paths = [r.image_path for r in read_split(Path(cfg.run) / "data", "val", check_images="none").records]
     if not paths:
         import tempfile
 
@@ -366,7 +364,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         raise ExportError(family_of(AutoConfig.from_pretrained(base)).onnx.unsupported)
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
-    images = _validation_images(cfg, provenance, cfg.validate_images)
+    images = _validation_images(cfg, cfg.validate_images)
     style = provenance.get("question_style", "cot")
     refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
     spec = image_spec(family, processor)
