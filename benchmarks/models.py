@@ -93,9 +93,9 @@ class TorchModel:
             self.size_bytes = dir_bytes(self.path)
         self.processor = loaded.processor
         self.family = loaded.family
-        from factory.prompts import build_messages
+        from factory.prompts import render_prompt
 
-        self.prompt = self.processor.apply_chat_template(build_messages(self.style), add_generation_prompt=True)
+        self.prompt = render_prompt(self.processor, self.style)
 
     def answer(self, image, max_new_tokens: int) -> Answer:
         import torch

@@ -118,11 +118,11 @@ def _probe_inputs(processor, n: int = 2):
     import numpy as np
     from PIL import Image
 
-    from factory.prompts import build_messages
+    from factory.prompts import render_prompt
 
     rng = np.random.default_rng(0)
     images = [[Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))] for _ in range(n)]
-    prompt = processor.apply_chat_template(build_messages("cot"), add_generation_prompt=True)
+    prompt = render_prompt(processor, "cot")
     return processor(images=images, text=[prompt] * n, return_tensors="pt", padding=True)
 
 
@@ -138,9 +138,9 @@ def image_spec(family, processor) -> dict:
 
 def prompt_ids(processor, image, style: str = "cot") -> list[int]:
     """The question with the image placeholders expanded, as the family's processor does it."""
-    from factory.prompts import build_messages
+    from factory.prompts import render_prompt
 
-    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    prompt = render_prompt(processor, style)
     return processor(images=[[image]], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
 
 
@@ -170,9 +170,9 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
     """Per image: HF pixel values, prefill logits over the prompt and greedy tokens from ``generate``."""
     import torch
 
-    from factory.prompts import build_messages
+    from factory.prompts import render_prompt
 
-    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    prompt = render_prompt(processor, style)
     refs = []
     for img in images:
         inputs = processor(images=[[img]], text=[prompt], return_tensors="pt")

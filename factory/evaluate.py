@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from factory.data.emoset import EmoSetRecord
-from factory.prompts import EMOTIONS, build_messages, parse_answer
+from factory.prompts import EMOTIONS, parse_answer, render_prompt
 
 
 @dataclass
@@ -56,7 +56,7 @@ def generate_answers(model, processor, images, style: str = "cot", max_new_token
         with Image.open(item) as img:
             return img.convert("RGB")
 
-    prompt = processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+    prompt = render_prompt(processor, style)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     batches = range(0, len(images), batch_size)

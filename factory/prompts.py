@@ -72,6 +72,11 @@ def build_messages(style: str = "cot", answer: str | None = None) -> list[dict]:
     return messages
 
 
+def render_prompt(processor, style: str = "cot") -> str:
+    """The question as the model sees it: the processor's chat template with the generation prompt."""
+    return processor.apply_chat_template(build_messages(style), add_generation_prompt=True)
+
+
 def format_answer(label: str, think: str | None = None) -> str:
     """Render a target answer; ``think=None`` gives the label-only form used by the baseline.
 
