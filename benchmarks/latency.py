@@ -20,6 +20,18 @@ import tempfile
 from pathlib import Path
 
 
+def sample_images(data: str | Path, split: str, n: int) -> list[str]:
+    """``n`` image paths spread evenly over a split (the split files list images class by class)."""
+    from factory.data.emoset import read_split
+    from factory.errors import SVLMError
+
+    records = read_split(data, split, strict=False, check_images="header").records
+    if not records:
+        raise SVLMError(f"no images in {data} {split}")
+    step = max(1, len(records) // n)
+    return [str(r.image_path) for r in records[::step][:n]]
+
+
 def _pct(values: list[float]) -> dict:
     import numpy as np
 

@@ -156,20 +156,10 @@ def _command() -> str | None:
     return "svlm " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "svlm" else None
 
 
-def _bench_images(data: str, split: str, n: int) -> list[str]:
-    from factory.data.emoset import read_split
-
-    records = read_split(data, split, strict=False, check_images="header").records
-    if not records:
-        raise SVLMError(f"no images in {data} {split}")
-    step = max(1, len(records) // n)
-    return [str(r.image_path) for r in records[::step][:n]]
-
-
 def cmd_bench_latency(args) -> int:
-    from benchmarks.latency import markdown, run
+    from benchmarks.latency import markdown, run, sample_images
 
-    images = _bench_images(args.data, args.split, args.images)
+    images = sample_images(args.data, args.split, args.images)
     report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
                  command=_command())
     print(markdown(report))

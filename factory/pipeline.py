@@ -236,7 +236,6 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> 
     if not cfg.bench.enabled:
         return {}
     from benchmarks import accuracy, latency
-    from factory.cli import _bench_images
 
     out = cfg.run_dir / "bench"
     torch_models = [str(cfg.run_dir / s) for s in stages]
@@ -246,7 +245,7 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> 
     acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
                        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=True,
                        command="svlm run (bench step)")
-    images = _bench_images(str(root), cfg.bench.split, cfg.bench.latency_images)
+    images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images)
     _log("benchmarking latency (one process per model)")
     lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
                       cfg.bench.latency_warmup, max_new_tokens=cfg.eval.max_new_tokens,

@@ -37,7 +37,6 @@ def test_metrics_on_fixed_predictions():
 
 def test_accuracy_and_latency_reports_on_a_tiny_export(exported, baseline_run, synth_root, tmp_path):
     from benchmarks import accuracy, latency
-    from factory.cli import _bench_images
 
     out_dir, _ = exported
     models = [str(baseline_run / "0_baseline"), str(out_dir / "int8")]
@@ -48,7 +47,7 @@ def test_accuracy_and_latency_reports_on_a_tiny_export(exported, baseline_run, s
     assert 0.0 <= onnx_row["label_agreement_with_pytorch"] <= 1.0
     print(f"int8 vs PyTorch label agreement on 6 test images: {onnx_row['label_agreement_with_pytorch']:.0%}")
     assert onnx_row["label_agreement_with_pytorch"] >= 4 / 6
-    images = _bench_images(str(synth_root), "test", 2)
+    images = latency.sample_images(synth_root, "test", 2)
     lat = latency.run(models, images, tmp_path, runs=2, warmup=1, max_new_tokens=8)
     for row in lat["models"]:
         assert row["e2e_s"]["p50"] > 0 and row["peak_rss_mb"] > 0 and row["size_mb"] > 0
