@@ -194,13 +194,8 @@ def _compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
 
     gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
     for ref in refs:
-        ids = package.prompt_ids[None]
-        emb = package.embed.run(None, {"input_ids": ids})[0]
         feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
-        emb[0, ids[0] == package.image_token_id] = feats[0]
-        past = [np.zeros((1, package.dims["kv_heads"], 0, package.dims["head_dim"]), np.float32)
-                for _ in package.past_names]
-        logits, _ = package._decode(emb, np.ones_like(ids), np.arange(ids.shape[1])[None], past)
+        logits, _ = package.prefill(feats)
         gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
         gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens)
         want = []

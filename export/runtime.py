@@ -120,6 +120,19 @@ class Package:
         out = self.decoder.run(None, feed)
         return out[0], out[1:]
 
+    def prefill(self, features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run the prompt with image ``features`` in its image slots: (logits over the prompt, KV cache)."""
+        ids = self.prompt_ids[None]
+        embeds = self.embed.run(None, {"input_ids": ids})[0]
+        slots = ids[0] == self.image_token_id
+        if slots.sum() != features.shape[1]:
+            raise PackageError(f"prompt has {int(slots.sum())} image slots, vision gives {features.shape[1]}")
+        embeds[0, slots] = features[0]
+        n = ids.shape[1]
+        past = [np.zeros((1, self.dims["kv_heads"], 0, self.dims["head_dim"]), np.float32)
+                for _ in self.past_names]
+        return self._decode(embeds, np.ones((1, n), np.int64), np.arange(n, dtype=np.int64)[None], past)
+
     def generate(self, image=None, *, pixel_values: np.ndarray | None = None, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  on_text: Callable[[str], None] | None = None) -> Generation:
@@ -131,16 +144,8 @@ class Package:
         t_pre = time.perf_counter()
         features = self.vision.run(None, {"pixel_values": pv.astype(np.float32)})[0]
         t_vis = time.perf_counter()
-        ids = self.prompt_ids[None]
-        embeds = self.embed.run(None, {"input_ids": ids})[0]
-        slots = ids[0] == self.image_token_id
-        if slots.sum() != features.shape[1]:
-            raise PackageError(f"prompt has {int(slots.sum())} image slots, vision gives {features.shape[1]}")
-        embeds[0, slots] = features[0]
-        n = ids.shape[1]
-        past = [np.zeros((1, self.dims["kv_heads"], 0, self.dims["head_dim"]), np.float32)
-                for _ in self.past_names]
-        logits, past = self._decode(embeds, np.ones((1, n), np.int64), np.arange(n, dtype=np.int64)[None], past)
+        logits, past = self.prefill(features)
+        n = self.prompt_ids.shape[0]
         rng = np.random.default_rng(seed)
         out_ids: list[int] = []
         text, stopped, first_at = "", "length", None
