@@ -11,7 +11,6 @@ encoding, time to first token (image in → first token) and decode time.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +74,11 @@ class TorchModel:
         adapter = self.path / "adapter"
         self.style = "cot"
         if (adapter / "adapter_config.json").is_file():
-            base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+            from factory.train.common import stage_source
+
+            base, adapter, self.style = stage_source(self.path)
             loaded = load_model(base, dtype="float32", device="cpu")
             self.model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload().eval()
-            stage_yaml = self.path / "stage.yaml"
-            if stage_yaml.is_file():
-                import yaml
-
-                self.style = yaml.safe_load(stage_yaml.read_text()).get("eval_style", "cot")
             self.name = f"{self.path.name} pytorch"
             self.size_bytes = dir_bytes(Path(base)) if Path(base).is_dir() else 0
             self.size_bytes += dir_bytes(adapter)

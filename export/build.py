@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from factory.errors import SVLMError
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from export.runtime import FORMAT_VERSION, MANIFEST
@@ -80,10 +78,9 @@ def resolve_source(cfg: ExportConfig) -> tuple[str, Path | None, dict]:
     adapter = run / stage / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(f"{run}/{stage} has no adapter ({adapter}); finished stages: {done or 'none'}")
-    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    # the question the stage was trained and evaluated with (the baseline answers the label-only one)
-    stage_yaml = run / stage / "stage.yaml"
-    style = yaml.safe_load(stage_yaml.read_text()).get("eval_style", "cot") if stage_yaml.is_file() else "cot"
+    from factory.train.common import stage_source
+
+    base, adapter, style = stage_source(run / stage)
     return base, adapter, {"run": str(run), "stage": stage, "adapter": str(adapter), "base": base,
                            "question_style": style}
 

@@ -45,6 +45,19 @@ class StageContext:
         return self.out.parent / self.stage.parent / ADAPTER
 
 
+def stage_source(stage_dir: str | Path) -> tuple[str, Path, str]:
+    """What a trained stage folder holds: (base model source, adapter folder, question style). The style is
+    the question the stage was trained and evaluated with (the baseline answers the label-only one)."""
+    import yaml
+
+    stage_dir = Path(stage_dir)
+    adapter = stage_dir / ADAPTER
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    stage_yaml = stage_dir / "stage.yaml"
+    style = yaml.safe_load(stage_yaml.read_text()).get("eval_style", "cot") if stage_yaml.is_file() else "cot"
+    return base, adapter, style
+
+
 def cuda() -> bool:
     import torch
 
