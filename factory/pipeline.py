@@ -240,16 +240,25 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> 
     out = cfg.run_dir / "bench"
     torch_models = [str(cfg.run_dir / s) for s in stages]
     onnx_models = [info["path"] for info in exported.values()]
-    _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
-         f"{len(onnx_models)} ONNX packages")
-    acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
-                       max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=True,
-                       command="svlm run (bench step)")
-    images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images)
-    _log("benchmarking latency (one process per model)")
-    lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
-                      cfg.bench.latency_warmup, max_new_tokens=cfg.eval.max_new_tokens,
-                      command="svlm run (bench step)")
+    # A rerun reuses a report that is newer than everything it measured and covers the same models.
+    inputs = [Path(m) / "done.json" for m in torch_models] + [Path(m) / "manifest.json" for m in onnx_models]
+    reports = [out / "accuracy.json", out / "latency.json"]
+    if all(r.is_file() for r in reports) and min(r.stat().st_mtime for r in reports) > max(
+            i.stat().st_mtime for i in inputs) and [m["path"] for m in json.loads(reports[0].read_text())[
+                "models"]] == torch_models + onnx_models:
+        _log(f"benchmark report in {out} is up to date, reused")
+        acc, lat = (json.loads(r.read_text()) for r in reports)
+    else:
+        _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
+             f"{len(onnx_models)} ONNX packages")
+        acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
+                           max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                           progress=True, command="svlm run (bench step)")
+        images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images)
+        _log("benchmarking latency (one process per model)")
+        lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
+                          cfg.bench.latency_warmup, max_new_tokens=cfg.eval.max_new_tokens,
+                          command="svlm run (bench step)")
     print(accuracy.markdown(acc))
     print(latency.markdown(lat))
     return {"dir": str(out), "accuracy_md": str(out / "accuracy.md"), "latency_md": str(out / "latency.md"),

@@ -106,5 +106,7 @@ def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):
     # Rerunning reuses the data and the model instead of rebuilding them.
     weights = run_dir / "base_model" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
+    report = (run_dir / "bench" / "accuracy.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert weights.stat().st_mtime_ns == mtime
+    assert (run_dir / "bench" / "accuracy.json").stat().st_mtime_ns == report  # the bench step is reused too
