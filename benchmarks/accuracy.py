@@ -1,8 +1,11 @@
 """``svlm bench accuracy``: any mix of PyTorch stage outputs and ONNX packages on one EmoSet split.
 
 Per model: accuracy, macro recall, per-class precision / recall / F1, the confusion matrix (all from
-scikit-learn), format compliance and the unparsable-answer rate. Writes ``accuracy.json``,
-``accuracy.md`` and plots (a confusion matrix per model, per-class recall bars, accuracy by model).
+scikit-learn), format compliance and the unparsable-answer rate, with a 95 % bootstrap interval on
+accuracy; models named in ``compare_to`` are tested against every other model on the same images (exact
+McNemar, paired bootstrap interval of the difference; ``factory.stats``). Writes ``accuracy.json``,
+``accuracy.md`` and plots (a confusion matrix per model, per-class recall bars, accuracy by model with its
+interval).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from factory import stats
 from factory.prompts import EMOTIONS
 
 
@@ -50,7 +54,10 @@ def predict(model, records, max_new_tokens: int, batch_size: int, progress: bool
 
 
 def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: str | Path = "bench",
-        max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True, command: str | None = None) -> dict:
+        max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True, command: str | None = None,
+        compare_to: list[str] | None = None, plots: bool = True) -> dict:
+    """Score every model on the split; ``compare_to``: model paths (from ``models``) the others are tested
+    against; ``plots=False`` writes only the JSON and markdown."""
     from benchmarks.models import load
     from factory.data.emoset import read_split
     from factory.prompts import parse_answer
@@ -65,14 +72,43 @@ def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: 
         parsed = [parse_answer(t, allow_bare_label=model.style == "label") for t in texts]
         well = [p.well_formed if model.style == "cot" else p.label is not None for p in parsed]
         m = metrics([r.emotion for r in records], [p.label for p in parsed], well)
+        correct = [p.label == r.emotion for p, r in zip(parsed, records)]
+        m["accuracy_ci"] = list(stats.bootstrap_ci(correct))
         results.append({"model": model.name, "path": str(spec), "kind": model.kind, "style": model.style, **m,
                         "predictions": [{"image_id": r.image_id, "emotion": r.emotion, "predicted": p.label}
                                         for r, p in zip(records, parsed)]})
         del model
     _agreement(results)
-    report = {"command": command, "data": str(data), "split": split, "images": len(records), "models": results}
-    write(report, Path(out))
+    comparisons = compare(results, compare_to or [])
+    report = {"command": command, "data": str(data), "split": split, "images": len(records), "models": results,
+              "comparisons": comparisons}
+    write(report, Path(out), plots)
     return report
+
+
+def correctness(row: dict) -> list[bool]:
+    """Per image, whether the model's parsed answer is the label (in report order)."""
+    return [p["predicted"] == p["emotion"] for p in row["predictions"]]
+
+
+def compare(results: list[dict], references: list[str]) -> list[dict]:
+    """Every model against each reference model (by path), on the same images: accuracy difference with a
+    paired bootstrap interval and the exact McNemar p-value."""
+    by_path = {r["path"]: r for r in results}
+    missing = [ref for ref in references if ref not in by_path]
+    if missing:
+        raise ValueError(f"compare_to names models that were not scored: {missing}")
+    rows = []
+    for ref in references:
+        base = correctness(by_path[ref])
+        for r in results:
+            if r["path"] == ref:
+                continue
+            mine = correctness(r)
+            diff, lo, hi = stats.paired_diff_ci(mine, base)
+            rows.append({"model": r["model"], "reference": by_path[ref]["model"], "diff": diff, "diff_ci": [lo, hi],
+                         **stats.mcnemar(mine, base)})
+    return rows
 
 
 def _agreement(results: list[dict]) -> None:
@@ -90,13 +126,21 @@ def markdown(report: dict) -> str:
     lines = [f"# Accuracy on {report['split']} ({report['images']} images, {report['data']})", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
-    lines += ["| model | kind | accuracy | macro recall | format | unparsable | labels = PyTorch's |",
+    lines += ["| model | kind | accuracy [95 % CI] | macro recall | format | unparsable | labels = PyTorch's |",
              "|---|---|---|---|---|---|---|"]
     for r in report["models"]:
         agree = r.get("label_agreement_with_pytorch")
-        lines.append(f"| {r['model']} | {r['kind']} | {r['accuracy']:.1%} | {r['macro_recall']:.1%} | "
-                     f"{r['format_rate']:.1%} | {r['unparsable_rate']:.1%} | "
+        lines.append(f"| {r['model']} | {r['kind']} | {stats.fmt_ci(r['accuracy'], *r['accuracy_ci'])} | "
+                     f"{r['macro_recall']:.1%} | {r['format_rate']:.1%} | {r['unparsable_rate']:.1%} | "
                      f"{'' if agree is None else f'{agree:.1%}'} |")
+    if report.get("comparisons"):
+        lines += ["", "Paired comparisons on the same images (difference in accuracy points with a paired "
+                  "bootstrap 95 % interval; exact McNemar test; only-this / only-reference = images only one of "
+                  "the two gets right):", "", "| model | vs | Δ accuracy [95 % CI] | only this / only reference "
+                  "| McNemar |", "|---|---|---|---|---|"]
+        for c in report["comparisons"]:
+            lines.append(f"| {c['model']} | {c['reference']} | {_points(c['diff'], *c['diff_ci'])} | "
+                         f"{c['a_only']} / {c['b_only']} | {stats.fmt_p(c['p_value'])} |")
     lines += ["", "Per-class recall:", "", "| model | " + " | ".join(EMOTIONS) + " |",
               "|---|" + "---|" * len(EMOTIONS)]
     for r in report["models"]:
@@ -105,16 +149,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(report: dict, out: Path) -> None:
+def write(report: dict, out: Path, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    (out / "accuracy.md").write_text(markdown(report))
+    if not plots:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
-    (out / "accuracy.md").write_text(markdown(report))
     models = report["models"]
     for r in models:
         cm = np.array(r["confusion"])
@@ -140,7 +186,10 @@ def write(report: dict, out: Path) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(EMOTIONS))], list(EMOTIONS), rotation=20)
     _save(fig, ax, "recall", out / "per_class_recall.png")
     fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2, 3.4))
-    ax.bar(range(len(models)), [r["accuracy"] for r in models], color="tab:blue")
+    acc = np.array([r["accuracy"] for r in models])
+    ci = np.array([r.get("accuracy_ci", [a, a]) for r, a in zip(models, acc)]).T
+    ax.bar(range(len(models)), acc, color="tab:blue", yerr=np.abs(ci - acc), capsize=3,
+           error_kw={"label": "95 % bootstrap interval"})
     ax.axhline(1 / len(EMOTIONS), color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(range(len(models)), [r["model"] for r in models], rotation=25, ha="right", fontsize=8)
     _save(fig, ax, "accuracy", out / "accuracy_by_model.png")
@@ -156,6 +205,10 @@ def _save(fig, ax, ylabel: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _points(d: float, lo: float, hi: float) -> str:
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _slug(name: str) -> str:
