@@ -88,6 +88,23 @@ class BenchStepConfig:
 
 
 @dataclass
+class HeldoutConfig:
+    """The held-out test set every stage is scored on, with intervals and paired tests (``factory.stats``).
+
+    Synthetic runs draw a separate clean set (another seed, no label noise, the run's other synthesis knobs):
+    400 images see a 3-point difference between two stages on the same images, 80 do not. A run on real
+    EmoSet (``data.root``) uses that root's ``split``.
+    """
+
+    enabled: bool = True
+    n: int = 400  # synthetic: images in the held-out set (50 per emotion)
+    seed_offset: int = 1000  # synthetic: its seed is data.synth.seed + seed_offset
+    split: str = "test"  # real data: the split of data.root that is held out
+    limit: int = 0  # score only the first N images (0: all)
+    compare_to: list[str] = field(default_factory=lambda: ["0_baseline", "1_sft"])  # paired tests against these
+
+
+@dataclass
 class RunConfig:
     """The resolved configuration of one ``svlm run``."""
 
@@ -98,6 +115,7 @@ class RunConfig:
     cot: CotStepConfig = field(default_factory=CotStepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainOptions = field(default_factory=default_train)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     export: ExportStepConfig = field(default_factory=ExportStepConfig)
     bench: BenchStepConfig = field(default_factory=BenchStepConfig)
 
@@ -179,14 +197,16 @@ def run(cfg: RunConfig) -> dict:
     stages = train(tcfg, stage_names)
     for name, done in stages.items():
         rows.append({"stage": name, **done["eval"]})
+    heldout = run_heldout(cfg, root, tcfg, list(stages))
     exported = run_export(cfg, list(stages)) if stages else {}
-    bench = run_bench(cfg, root, list(stages), exported) if stages else {}
+    bench = run_bench(cfg, root, list(stages), exported, eval_tokens(tcfg, list(stages))) if stages else {}
     summary = {
         "data_root": str(root),
         "splits": {s: r.summary() for s, r in splits.items()},
         "cot": {k: cot[k] for k in ("images", "images_with_trace", "image_acceptance_rate", "traces")},
         "model": {"source": source, "family": cfg.model.family if cfg.model.source is None else None},
         "stages": rows,
+        "heldout": heldout_summary(heldout),
         "export": exported,
         "bench": bench,
         "seconds": round(time.time() - t0, 1),
@@ -194,6 +214,9 @@ def run(cfg: RunConfig) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_summary(rows, run_dir / "stages.png", f"{cfg.name}: {cfg.eval.split} split")
     print(format_table(rows))
+    if heldout:
+        print(f"\nHeld-out test set ({heldout['images']} images, {heldout['data']}):")
+        print(heldout_table(heldout))
     _log(f"done in {summary['seconds']} s; summary at {run_dir / 'summary.json'}, chart at {plot}")
     for quant, info in exported.items():
         _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB, labels agree with PyTorch on "
@@ -204,6 +227,96 @@ def run(cfg: RunConfig) -> dict:
         model = exported.get("int8", next(iter(exported.values())))["path"]
         _log(f"open the demo on this run: svlm demo --runs {cfg.output_dir} --model {model}")
     return summary
+
+
+def heldout_data(cfg: RunConfig, root: Path) -> tuple[Path, str]:
+    """(data root, split) of the held-out set; a synthetic one is generated once into the run folder."""
+    from factory.data.synth import SynthConfig, generate
+
+    if cfg.data.root is not None:
+        return root, cfg.heldout.split
+    synth = config_lib.to_dict(cfg.data.synth)
+    hcfg = config_lib.build(SynthConfig, {**synth, "out": str(cfg.run_dir / "heldout_data"), "n": cfg.heldout.n,
+                                          "seed": cfg.data.synth.seed + cfg.heldout.seed_offset,
+                                          "fractions": [0.0, 0.0, 1.0], "label_noise": 0.0})
+    generate(hcfg, progress=True)
+    return Path(hcfg.out), "test"
+
+
+def eval_tokens(tcfg: TrainConfig, stages: list[str]) -> int:
+    """The generation budget: at least every GRPO stage's completion length, so that no reasoning the model
+    was trained to write is cut (a cut answer scores as wrong)."""
+    lengths = [tcfg.stage(s).max_completion_length for s in stages if tcfg.stage(s).kind == "grpo"]
+    return max([tcfg.eval.max_new_tokens, *lengths])
+
+
+def _report_is_current(reports: list[Path], inputs: list[Path], models: list[str]) -> bool:
+    """A report can be reused when it is newer than everything it measured and covers the same models."""
+    if not all(r.is_file() for r in reports) or not all(i.is_file() for i in inputs):
+        return False
+    newer = min(r.stat().st_mtime for r in reports) > max(i.stat().st_mtime for i in inputs)
+    return newer and [m["path"] for m in json.loads(reports[0].read_text())["models"]] == models
+
+
+def run_heldout(cfg: RunConfig, root: Path, tcfg: TrainConfig, stages: list[str]) -> dict:
+    """Every trained stage on the held-out set: accuracy with a 95 % bootstrap interval, per-class recall,
+    and paired McNemar tests against the stages in ``heldout.compare_to``."""
+    if not cfg.heldout.enabled or not stages:
+        return {}
+    from benchmarks import accuracy
+
+    data, split = heldout_data(cfg, root)
+    out = cfg.run_dir / "heldout"
+    models = [str(cfg.run_dir / s) for s in stages]
+    if _report_is_current([out / "accuracy.json"], [Path(m) / "done.json" for m in models], models):
+        _log(f"held-out report in {out} is up to date, reused")
+        return json.loads((out / "accuracy.json").read_text())
+    refs = [str(cfg.run_dir / s) for s in cfg.heldout.compare_to if s in stages]
+    _log(f"scoring {len(models)} stages on the held-out set ({data}, {split})")
+    return accuracy.run(models, str(data), split, cfg.heldout.limit, out=out, max_new_tokens=eval_tokens(tcfg, stages),
+                        batch_size=cfg.eval.batch_size, progress=True, command="svlm run (held-out step)",
+                        compare_to=refs)
+
+
+def heldout_summary(report: dict) -> dict:
+    """Per stage: accuracy and its interval, macro and per-class recall, format rate, and the paired tests."""
+    if not report:
+        return {}
+    stages = {}
+    for r in report["models"]:
+        name = Path(r["path"]).name
+        stages[name] = {"accuracy": r["accuracy"], "accuracy_ci": r["accuracy_ci"], "macro_recall": r["macro_recall"],
+                        "format_rate": r["format_rate"], "unparsable_rate": r["unparsable_rate"],
+                        "recall": {e: r["per_class"][e]["recall"] for e in r["per_class"]},
+                        "vs": {}}
+    for c in report.get("comparisons", []):
+        model, ref = c["model"].split()[0], c["reference"].split()[0]
+        stages[model]["vs"][ref] = {"diff": c["diff"], "diff_ci": c["diff_ci"], "p_value": c["p_value"],
+                                    "only_this": c["a_only"], "only_reference": c["b_only"]}
+    return {"data": report["data"], "split": report["split"], "images": report["images"], "stages": stages}
+
+
+def heldout_table(report: dict) -> str:
+    """Accuracy with its interval, the paired differences against the reference stages, the weakest class."""
+    from factory import stats
+
+    summary = heldout_summary(report)
+    refs = sorted({ref for s in summary["stages"].values() for ref in s["vs"]},
+                  key=lambda r: list(summary["stages"]).index(r) if r in summary["stages"] else 99)
+    head = f"{'stage':<18} {'format':>7} {'accuracy [95% CI]':>22} " + " ".join(
+        f"{'vs ' + r:>26}" for r in refs) + f" {'macro rec':>9} {'min class recall':>22}"
+    lines = [head, "-" * len(head)]
+    for name, s in summary["stages"].items():
+        cells = []
+        for ref in refs:
+            v = s["vs"].get(ref)
+            cells.append(f"{'':>26}" if v is None else
+                         f"{100 * v['diff']:>+6.1f} [{100 * v['diff_ci'][0]:+.1f},{100 * v['diff_ci'][1]:+.1f}] "
+                         f"{stats.fmt_p(v['p_value']):>7}")
+        worst = min(s["recall"], key=s["recall"].get)
+        lines.append(f"{name:<18} {s['format_rate']:>7.1%} {stats.fmt_ci(s['accuracy'], *s['accuracy_ci']):>22} "
+                     + " ".join(cells) + f" {s['macro_recall']:>9.1%} {worst + ' ' + format(s['recall'][worst], '.0%'):>22}")
+    return "\n".join(lines)
 
 
 def run_export(cfg: RunConfig, stages: list[str]) -> dict:
@@ -231,33 +344,32 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
             for q, m in manifests.items()}
 
 
-def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict) -> dict:
-    """Accuracy of every stage and package on the test split, and latency of the last stage's variants."""
+def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max_new_tokens: int) -> dict:
+    """Accuracy of the exported stage and its packages on the test split, and latency of those variants."""
     if not cfg.bench.enabled:
         return {}
     from benchmarks import accuracy, latency
 
     out = cfg.run_dir / "bench"
-    torch_models = [str(cfg.run_dir / s) for s in stages]
+    # The stages themselves are compared on the held-out set; here the exported stage is the PyTorch
+    # reference its ONNX packages are checked against.
+    torch_models = [str(cfg.run_dir / s) for s in stages[-1:]]
     onnx_models = [info["path"] for info in exported.values()]
-    # A rerun reuses a report that is newer than everything it measured and covers the same models.
     inputs = [Path(m) / "done.json" for m in torch_models] + [Path(m) / "manifest.json" for m in onnx_models]
     reports = [out / "accuracy.json", out / "latency.json"]
-    if all(r.is_file() for r in reports) and min(r.stat().st_mtime for r in reports) > max(
-            i.stat().st_mtime for i in inputs) and [m["path"] for m in json.loads(reports[0].read_text())[
-                "models"]] == torch_models + onnx_models:
+    if _report_is_current(reports, inputs, torch_models + onnx_models):
         _log(f"benchmark report in {out} is up to date, reused")
         acc, lat = (json.loads(r.read_text()) for r in reports)
     else:
-        _log(f"benchmarking accuracy on the {cfg.bench.split} split: {len(torch_models)} stages, "
+        _log(f"benchmarking accuracy on the {cfg.bench.split} split: {stages[-1]} in PyTorch and "
              f"{len(onnx_models)} ONNX packages")
         acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
-                           max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                           max_new_tokens=max_new_tokens, batch_size=cfg.eval.batch_size,
                            progress=True, command="svlm run (bench step)")
         images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images)
         _log("benchmarking latency (one process per model)")
         lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
-                          cfg.bench.latency_warmup, max_new_tokens=cfg.eval.max_new_tokens,
+                          cfg.bench.latency_warmup, max_new_tokens=max_new_tokens,
                           command="svlm run (bench step)")
     print(accuracy.markdown(acc))
     print(latency.markdown(lat))
