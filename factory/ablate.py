@@ -1,0 +1,321 @@
+"""``svlm ablate``: controlled experiments on the stage chain, scored with statistics.
+
+    svlm ablate --run runs/default                       # the default grid (below), 3 seeds
+    svlm ablate --config configs/ablate_default.yaml seeds=[0,1]
+
+An *arm* is a chain of stages that continues one stage adapter of a finished ``svlm run`` (``start``), e.g.
+stage 4 with a symmetric clip continued from the run's ``3_grpo_accuracy`` adapter, so that every arm of a
+comparison starts from the very same weights. Each arm is trained once per seed (``train.seed``: sampling and
+data order) into ``<run>/<name>/<arm>/seed<k>/`` and its stages are scored on the run's held-out set. An arm
+with no stages scores its start adapter once (it has no randomness left).
+
+The report gives, per arm, the mean accuracy over seeds with a 95 % t interval (the run-to-run variation of
+the method), the per-seed values, macro and weakest-class recall and the format rate, and paired comparisons
+with the reference arm on the same images and seeds: the mean difference with a t interval over seeds and an
+exact McNemar test over all (image, seed) pairs. Everything is resumable: a finished arm-seed is skipped, an
+interrupted one resumes inside its stage (``svlm train``'s checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory import config as config_lib
+from factory import stats
+from factory.errors import ConfigError, SVLMError
+
+RESULT = "heldout.json"
+
+
+@dataclass
+class ArmConfig:
+    """One arm: ``stages`` trained in order, continuing the run's ``start`` adapter."""
+
+    start: str = "3_grpo_accuracy"  # a stage of the base run whose adapter the chain continues
+    stages: list[str] = field(default_factory=list)  # [] scores ``start`` itself
+    overrides: dict = field(default_factory=dict)  # per stage: {4_clgrpo: {epsilon: 0.2}}
+    note: str = ""  # what the arm tests, for the report
+
+
+def _arm(start: str, stages: list[str], note: str, **stage4) -> dict:
+    overrides = {"4_clgrpo": stage4} if stage4 else {}
+    return {"start": start, "stages": stages, "overrides": overrides, "note": note}
+
+
+#: The default grid: stage-4 variants from one stage-3 adapter, and stage ablations.
+DEFAULT_ARMS: dict[str, dict] = {
+    "clip_low": _arm("3_grpo_accuracy", ["4_clgrpo"], "ClipLow: ratio clipped to [1-0.1, 1+0.2], mu 2"),
+    "symmetric": _arm("3_grpo_accuracy", ["4_clgrpo"], "symmetric control [1-0.2, 1+0.2] at equal steps and mu",
+                      epsilon=0.2, epsilon_high=0.2, clip_low=False),
+    "mu1": _arm("3_grpo_accuracy", ["4_clgrpo"], "mu 1: ratio 1, no clip acts (more plain GRPO)",
+                num_iterations=1, epsilon=0.2, epsilon_high=0.2, clip_low=False),
+    "mu4": _arm("3_grpo_accuracy", ["4_clgrpo"], "ClipLow with 4 passes per generation batch", num_iterations=4),
+    "eps_low_0.05": _arm("3_grpo_accuracy", ["4_clgrpo"], "ClipLow with a tighter lower bound 0.05",
+                         epsilon=0.05),
+    "skip_stage2": _arm("1_sft", ["3_grpo_accuracy", "4_clgrpo"], "stage 1 -> 3 -> 4 (no format-only GRPO)"),
+    "skip_stage3": _arm("2_grpo_format", ["4_clgrpo"], "stage 1 -> 2 -> 4 (no plain accuracy GRPO)"),
+    "stage3": _arm("3_grpo_accuracy", [], "the run's stage 3 (no stage 4)"),
+    "sft_only": _arm("1_sft", [], "the run's stage 1 (CoT SFT, no RL)"),
+    "baseline": _arm("0_baseline", [], "the run's label-only baseline"),
+}
+
+
+@dataclass
+class AblateConfig:
+    """The resolved configuration of one ``svlm ablate``."""
+
+    run: str = "runs/default"  # a finished svlm run: its data, CoT, base model, adapters and held-out set
+    name: str = "ablate"  # results go to <run>/<name>/
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str = "clip_low"  # the arm every other arm is compared with
+    evaluate: str = "last"  # last: score each arm's last stage; all: every stage of the chain
+    data: str | None = None  # score on this EmoSet root instead of the run's held-out set (e.g. a dev set)
+    split: str = "test"  # with data: the split scored
+    arms: dict = field(default_factory=dict)  # name -> ArmConfig; empty: DEFAULT_ARMS
+
+    def __post_init__(self):
+        raw = self.arms or DEFAULT_ARMS
+        self.arms = {name: arm if isinstance(arm, ArmConfig) else config_lib.build(ArmConfig, arm, f"arms.{name}")
+                     for name, arm in raw.items()}
+        if self.reference not in self.arms:
+            raise ConfigError(f"reference arm {self.reference!r} is not one of the arms: {', '.join(self.arms)}")
+        if self.evaluate not in ("last", "all"):
+            raise ConfigError(f"evaluate must be 'last' or 'all', got {self.evaluate!r}")
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one seed")
+        from factory.train.stages import STAGE_ORDER
+
+        for name, arm in self.arms.items():
+            unknown = [s for s in [*arm.stages, *arm.overrides] if s not in STAGE_ORDER]
+            if arm.start not in STAGE_ORDER or unknown:
+                raise ConfigError(f"arms.{name}: unknown stage(s) {unknown or [arm.start]}; stages are "
+                                  f"{', '.join(STAGE_ORDER)}")
+            extra = [s for s in arm.overrides if s not in arm.stages]
+            if extra:
+                raise ConfigError(f"arms.{name}.overrides names stages the arm does not train: {extra}")
+
+
+def _log(msg: str) -> None:
+    print(f"[svlm ablate] {msg}", flush=True)
+
+
+def _load_run(run: Path):
+    """The base run's resolved config, data root and held-out set."""
+    from factory.pipeline import RunConfig, heldout_data
+
+    cfg_file = run / config_lib.CONFIG_FILENAME
+    if not cfg_file.is_file():
+        raise SVLMError(f"{run} is not an svlm run folder ({cfg_file.name} is missing); run `svlm run` first")
+    rcfg = config_lib.load(RunConfig, cfg_file)
+    root = Path(rcfg.data.root) if rcfg.data.root else Path(rcfg.data.synth.out)
+    return rcfg, root, heldout_data(rcfg, root)
+
+
+def arm_train_config(rcfg, root: Path, arm: ArmConfig, out: Path, seed: int):
+    """The ``svlm train`` config of one arm and seed: the run's settings, the arm's stages and parents."""
+    from factory.pipeline import train_config
+    from factory.train.runner import TrainConfig
+    from factory.train.stages import STAGES
+
+    tcfg = train_config(rcfg, root)
+    data = config_lib.to_dict(tcfg)
+    data["output_dir"], data["name"] = str(out.parent), out.name
+    if rcfg.model.source is None:  # the run's own random base model, not a new one per arm
+        data["model"]["source"] = str(rcfg.run_dir / "base_model")
+    data["train"]["seed"] = seed
+    data["train"]["select"] = "all"
+    previous = arm.start
+    for stage in arm.stages:
+        over = dict(data["train"]["stages"].get(stage, {}))
+        if STAGES[stage].parent is not None:  # SFT stages start fresh; RL stages continue the chain
+            over["parent"] = previous
+        over.update(arm.overrides.get(stage, {}))
+        data["train"]["stages"][stage] = over
+        previous = stage
+    return config_lib.build(TrainConfig, data)
+
+
+def _seed_stage(src: Path, dst: Path) -> None:
+    """Give an arm-seed folder the start stage (adapter, stage.yaml, done.json), copied once."""
+    if (dst / "done.json").is_file():
+        return
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(src / "adapter", tmp / "adapter")
+    for name in ("stage.yaml", "done.json", "svlm_config.yaml"):
+        if (src / name).is_file():
+            shutil.copy(src / name, tmp / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def _score(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int, batch_size: int) -> dict:
+    """Predictions and metrics of one stage folder on (data, split), cached beside the stage."""
+    import hashlib
+
+    from benchmarks import accuracy
+
+    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{limit}|{max_new_tokens}".encode()).hexdigest()[:10]
+    cached = stage_dir / f"{RESULT[:-5]}_{key}.json"
+    if cached.is_file() and cached.stat().st_mtime > (stage_dir / "done.json").stat().st_mtime:
+        return json.loads(cached.read_text())
+    report = accuracy.run([str(stage_dir)], str(data), split, limit, out=stage_dir / f"heldout_{key}", progress=False,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, plots=False)
+    row = report["models"][0]
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row))
+    tmp.replace(cached)
+    return row
+
+
+def run(cfg: AblateConfig, progress: bool = True) -> dict:
+    """Train and score every arm × seed (skipping finished ones); write and return the report."""
+    from factory.pipeline import eval_tokens, train_config
+    from factory.train.runner import train
+
+    run_dir = Path(cfg.run)
+    rcfg, root, (heldout, split) = _load_run(run_dir)
+    if cfg.data is not None:
+        heldout, split = Path(cfg.data), cfg.split
+    out = run_dir / cfg.name
+    config_lib.save(cfg, out)
+    all_stages = sorted({s for a in cfg.arms.values() for s in [*a.stages, a.start]})
+    tokens = eval_tokens(train_config(rcfg, root), all_stages)
+    for name, arm in cfg.arms.items():
+        if not (run_dir / arm.start / "done.json").is_file():
+            raise SVLMError(f"arm {name} starts from {run_dir / arm.start}, which is not a finished stage; "
+                            f"run `svlm run` (or `svlm train`) for it first")
+    results: dict[str, dict[int, dict[str, dict]]] = {}
+    t0 = time.time()
+    for name, arm in cfg.arms.items():
+        seeds = cfg.seeds if arm.stages else cfg.seeds[:1]
+        results[name] = {}
+        for seed in seeds:
+            where = out / name / f"seed{seed}"
+            if arm.stages:
+                tcfg = arm_train_config(rcfg, root, arm, where, seed)
+                _seed_stage(run_dir / arm.start, where / arm.start)
+                _log(f"{name} seed {seed}: training {' -> '.join([arm.start, *arm.stages])}")
+                train(tcfg, list(arm.stages), progress=progress)
+                scored = arm.stages if cfg.evaluate == "all" else arm.stages[-1:]
+                dirs = {s: where / s for s in scored}
+            else:
+                dirs = {arm.start: run_dir / arm.start}
+            results[name][seed] = {s: _score(d, heldout, split, rcfg.heldout.limit, tokens, rcfg.eval.batch_size)
+                                   for s, d in dirs.items()}
+            last = next(reversed(results[name][seed].values()))
+            _log(f"{name} seed {seed}: held-out accuracy {last['accuracy']:.1%} ({time.time() - t0:.0f} s so far)")
+    report = summarize(cfg, results, heldout, split)
+    write(report, out)
+    print(markdown(report))
+    _log(f"report: {out / 'ablation.md'} (+ ablation.json, ablation.png)")
+    return report
+
+
+def _correct(row: dict) -> list[bool]:
+    return [p["predicted"] == p["emotion"] for p in row["predictions"]]
+
+
+def summarize(cfg: AblateConfig, results: dict, data: Path, split: str) -> dict:
+    """Per arm and scored stage: mean over seeds with intervals, and paired comparisons with the reference."""
+    import numpy as np
+
+    rows = []
+    ref = results[cfg.reference]
+    ref_last = {seed: next(reversed(stages.values())) for seed, stages in ref.items()}
+    for name, by_seed in results.items():
+        for stage in next(iter(by_seed.values())):
+            per_seed = {seed: stages[stage] for seed, stages in by_seed.items()}
+            acc = [r["accuracy"] for r in per_seed.values()]
+            mean, lo, hi = stats.t_interval(acc)
+            recall = {e: float(np.mean([r["per_class"][e]["recall"] for r in per_seed.values()]))
+                      for e in next(iter(per_seed.values()))["per_class"]}
+            row = {"arm": name, "stage": stage, "note": cfg.arms[name].note, "seeds": list(per_seed),
+                   "accuracy": mean, "accuracy_ci": [lo, hi], "accuracy_per_seed": acc,
+                   "macro_recall": float(np.mean([r["macro_recall"] for r in per_seed.values()])),
+                   "format_rate": float(np.mean([r["format_rate"] for r in per_seed.values()])),
+                   "recall": recall, "min_class_recall": min(recall.values()),
+                   "weakest_class": min(recall, key=recall.get),
+                   "min_class_recall_any_seed": min(min(r["per_class"][e]["recall"] for e in recall)
+                                                    for r in per_seed.values())}
+            if name != cfg.reference:
+                row["vs_reference"] = _paired(per_seed, ref_last)
+            rows.append(row)
+    return {"run": cfg.run, "data": str(data), "split": split, "reference": cfg.reference, "seeds": cfg.seeds,
+            "images": len(next(iter(ref_last.values()))["predictions"]), "rows": rows}
+
+
+def _paired(per_seed: dict, ref: dict) -> dict:
+    """Arm minus reference. Seeds pair with the same seed of the reference; an arm without randomness
+    (scored once) is paired with every reference seed."""
+    import numpy as np
+
+    diffs, mine, base = [], [], []
+    for seed, ref_row in ref.items():
+        row = per_seed.get(seed) or next(iter(per_seed.values()))
+        a, b = _correct(row), _correct(ref_row)
+        diffs.append(float(np.mean(a)) - float(np.mean(b)))
+        mine += a
+        base += b
+    mean, lo, hi = stats.t_interval(diffs)
+    return {"diff": mean, "diff_ci": [lo, hi], "diff_per_seed": diffs, **stats.mcnemar(mine, base)}
+
+
+def markdown(report: dict) -> str:
+    ref = report["reference"]
+    lines = [f"# Ablation on {report['data']} ({report['split']}, {report['images']} images), "
+             f"seeds {report['seeds']}", "",
+             f"Mean over seeds with a 95 % t interval; Δ = arm − `{ref}` on the same images and seeds (t interval "
+             "over seeds; exact McNemar over all image × seed pairs). An arm without training is scored once.", "",
+             "| arm | stage | accuracy [95 % CI] | per seed | Δ vs reference [95 % CI] | McNemar | macro recall | "
+             "weakest class (mean recall) | format | what it tests |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        v = r.get("vs_reference")
+        delta = "reference" if v is None else (
+            f"{100 * v['diff']:+.1f}" + ("" if v["diff_ci"][0] != v["diff_ci"][0] else
+                                         f" [{100 * v['diff_ci'][0]:+.1f}, {100 * v['diff_ci'][1]:+.1f}]"))
+        lines.append(f"| {r['arm']} | {r['stage']} | {stats.fmt_ci(r['accuracy'], *r['accuracy_ci'])} | "
+                     f"{', '.join(f'{100 * a:.1f}' for a in r['accuracy_per_seed'])} | {delta} | "
+                     f"{'' if v is None else stats.fmt_p(v['p_value'])} | {r['macro_recall']:.1%} | "
+                     f"{r['weakest_class']} {r['min_class_recall']:.0%} | {r['format_rate']:.1%} | {r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "ablation.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "ablation.json")
+    (out / "ablation.md").write_text(markdown(report))
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(1.0 * len(rows) + 2.5, 3.8))
+    xs = np.arange(len(rows))
+    acc = np.array([r["accuracy"] for r in rows])
+    ci = np.array([[r["accuracy_ci"][0] if r["accuracy_ci"][0] == r["accuracy_ci"][0] else r["accuracy"],
+                    r["accuracy_ci"][1] if r["accuracy_ci"][1] == r["accuracy_ci"][1] else r["accuracy"]]
+                   for r in rows]).T
+    colors = ["tab:orange" if r["arm"] == report["reference"] else "tab:blue" for r in rows]
+    ax.bar(xs, acc, color=colors, alpha=0.6, yerr=np.abs(ci - acc), capsize=3)
+    for x, r in zip(xs, rows):
+        ax.scatter([x] * len(r["accuracy_per_seed"]), r["accuracy_per_seed"], color="black", s=8, zorder=3)
+    ax.set_xticks(xs, [f"{r['arm']}\n{r['stage']}" for r in rows], rotation=30, ha="right", fontsize=7)
+    lo = max(0.0, float(np.nanmin(ci)) - 0.1)
+    ax.set_ylim(lo, min(1.0, float(np.nanmax(ci)) + 0.05))
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"arms (mean over seeds, 95 % t interval; dots: seeds); reference {report['reference']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=110)
+    plt.close(fig)
