@@ -4,6 +4,8 @@ continue their parent's adapter, a killed stage resumes, and settings that canno
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from factory.train.runner import TrainConfig, plan, train
 from factory.train.stages import STAGE_ORDER, STAGES, StageConfig, resolve_stage, select_stages
 
 GRPO_TINY = {"batch_size": 4, "num_generations": 2, "max_completion_length": 12, "save_steps": 1}
+# Stage 4 of the tiny run moves the policy far between the two passes over a generation batch (a high
+# learning rate, no warm-up step at lr 0), so that the ratio leaves ClipLow's [0.9, 1.2] and some tokens clip.
+CLIP_TINY = {"learning_rate": 5e-2, "warmup_ratio": 0.0, "max_steps": 4}
 
 
 def varied_reward(completions, **kwargs):
@@ -36,6 +41,7 @@ def tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, **train_kw) -> TrainCo
     stages = {name: {"max_steps": 2, "save_steps": 1, "logging_steps": 1, "batch_size": 4} for name in STAGE_ORDER}
     for name in ("2_grpo_format", "3_grpo_accuracy", "4_clgrpo"):
         stages[name].update(GRPO_TINY, rewards=STAGES[name].rewards + ["varied"])
+    stages["4_clgrpo"].update(CLIP_TINY)
     data = {"output_dir": str(tmp_path), "name": "t", "data": str(synth_root), "cot": str(cot_dir),
             "model": {"source": str(tiny_dirs("internvl"))},
             "eval": {"limit": 4, "max_new_tokens": 8, "batch_size": 4},
@@ -58,13 +64,33 @@ class Snapshots:
         return load
 
 
+class TinyRun(NamedTuple):
+    cfg: TrainConfig
+    results: dict  # stage -> done.json
+    before: dict  # stage -> parameters at load time
+    after: dict  # stage -> parameters of the model the runner returned
+    trainers: dict  # GRPO stage -> the GRPOTrainer that trained it
+    loss_inputs: dict  # GRPO stage -> for each _compute_loss call, the keys of its inputs
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_root, cot_dir, tiny_dirs):
-    """All five stages, 2 steps each, on the tiny InternVL; the models each runner returned."""
+    """All five stages, 2-4 steps each, on the tiny InternVL; the models each runner returned."""
+    from trl import GRPOTrainer
+
     from factory import rewards
 
     cfg = tiny_config(tmp_path_factory.mktemp("runs"), synth_root, cot_dir, tiny_dirs)
-    snaps, finals = Snapshots(), {}
+    snaps, finals, trainers, loss_inputs = Snapshots(), {}, {}, {}
+    build, compute_loss = grpo.build_grpo_trainer, GRPOTrainer._compute_loss
+
+    def keep_trainer(ctx):
+        trainers[ctx.name] = build(ctx)
+        return trainers[ctx.name]
+
+    def spy_loss(self, model, inputs):
+        loss_inputs.setdefault(Path(self.args.output_dir).parent.name, []).append(set(inputs))
+        return compute_loss(self, model, inputs)
 
     def keep(fn):
         def run(ctx):
@@ -79,12 +105,14 @@ def trained(tmp_path_factory, synth_root, cot_dir, tiny_dirs):
         mp.setattr(grpo, "load_policy", snaps.wrap(common.load_policy))
         mp.setattr(sft, "run_sft", keep(sft.run_sft))
         mp.setattr(grpo, "run_grpo", keep(grpo.run_grpo))
+        mp.setattr(grpo, "build_grpo_trainer", keep_trainer)
+        mp.setattr(GRPOTrainer, "_compute_loss", spy_loss)
         results = train(cfg, progress=False)
-    return cfg, results, snaps.loaded, finals
+    return TinyRun(cfg, results, snaps.loaded, finals, trainers, loss_inputs)
 
 
 def test_every_stage_trains_its_adapter_and_leaves_the_base_frozen(trained):
-    cfg, results, before, after = trained
+    cfg, results, before, after = trained[:4]
     assert list(results) == list(STAGE_ORDER)
     for name in STAGE_ORDER:
         lora = [n for n in before[name] if "lora_" in n]
@@ -99,7 +127,7 @@ def test_every_stage_trains_its_adapter_and_leaves_the_base_frozen(trained):
 def test_each_stage_starts_from_its_parents_weights(trained):
     from safetensors.torch import load_file
 
-    cfg, results, before, after = trained
+    cfg, results, before, after = trained[:4]
     for name in STAGE_ORDER:
         parent = STAGES[name].parent
         lora_at_start = {n: t for n, t in before[name].items() if "lora_" in n}
@@ -114,7 +142,7 @@ def test_each_stage_starts_from_its_parents_weights(trained):
 
 
 def test_stage_outputs_are_written(trained):
-    cfg, results, _, _ = trained
+    cfg, results = trained[:2]
     for name in STAGE_ORDER:
         out = cfg.run_dir / name
         for f in ("adapter/adapter_config.json", "done.json", "eval.json", "predictions.jsonl", "stage.yaml",
@@ -127,8 +155,20 @@ def test_stage_outputs_are_written(trained):
     assert {"clip_ratio/low_mean", "rewards/format_reward/mean", "rewards/accuracy_reward/mean"} <= logged
 
 
+def test_clip_low_stage_scores_with_old_logprobs_and_clips(trained):
+    # trl computes old log-probs only when the batching lets the policy step between sampling and scoring;
+    # without them the ratio is exactly 1 and ClipLow is plain GRPO.
+    assert trained.loss_inputs["4_clgrpo"] and all("old_per_token_logps" in keys
+                                                   for keys in trained.loss_inputs["4_clgrpo"])
+    history = json.loads((trained.cfg.run_dir / "4_clgrpo" / "log_history.json").read_text())
+    clipped = [row["clip_ratio/region_mean"] for row in history if "clip_ratio/region_mean" in row]
+    assert max(clipped) > 0, f"no token was clipped: {clipped}"
+    args = trained.trainers["4_clgrpo"].args  # the GRPOConfig the trainer holds, after every merge
+    assert (args.epsilon, args.epsilon_high, args.num_iterations) == (0.1, 0.2, 2)
+
+
 def test_a_finished_run_is_skipped(trained, capsys):
-    cfg, results, _, _ = trained
+    cfg, results = trained[:2]
     stamp = (cfg.run_dir / "1_sft" / "done.json").stat().st_mtime_ns
     again = train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     assert again["1_sft"] == results["1_sft"]
@@ -166,7 +206,7 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, c
 def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path):
     import shutil
 
-    cfg, results, _, _ = trained
+    cfg, results = trained[:2]
     shutil.copytree(cfg.run_dir, tmp_path / "t")
     cfg2 = config_lib.build(TrainConfig, {**config_lib.to_dict(cfg), "output_dir": str(tmp_path)})
     out = cfg2.run_dir / "0_baseline"
@@ -233,7 +273,59 @@ def test_asymmetric_clip_without_clip_low_must_also_be_able_to_act():
     with pytest.raises(ConfigError, match="never acts"):
         resolve_stage("3_grpo_accuracy", {"epsilon_high": 0.3})
     # more optimizer steps than generation batches also lets the clip act
-    assert resolve_stage("4_clgrpo", {"num_iterations": 1, "steps_per_generation": 2, "batch_size": 8}).clip_can_act
+    resolve_stage("4_clgrpo", {"num_iterations": 1, "steps_per_generation": 2, "batch_size": 8})
+
+
+@pytest.mark.parametrize("grad_accum,steps_per_generation,num_iterations,acts", [
+    (1, None, 2, True), (2, 1, 2, False), (2, None, 2, True), (4, 2, 1, False), (3, 2, 1, True), (2, 4, 1, True),
+    (4, 1, 4, False), (1, None, 1, False),
+])
+def test_clip_low_follows_trls_rule_for_old_logprobs(grad_accum, steps_per_generation, num_iterations, acts):
+    overrides = {"grad_accum": grad_accum, "steps_per_generation": steps_per_generation,
+                 "num_iterations": num_iterations}
+    if acts:
+        resolve_stage("4_clgrpo", overrides)
+    else:
+        with pytest.raises(ConfigError, match="never acts"):
+            resolve_stage("4_clgrpo", overrides)
+
+
+@pytest.mark.parametrize("key", ["epsilon", "epsilon_high", "delta", "loss_type", "num_iterations",
+                                 "steps_per_generation", "generation_batch_size", "gradient_accumulation_steps",
+                                 "per_device_train_batch_size", "num_generations"])
+def test_trl_pass_through_cannot_set_clip_or_batching(key):
+    with pytest.raises(ConfigError, match=f"trl.{key} decides the clip or the batching"):
+        resolve_stage("4_clgrpo", {"trl": {key: 1}})
+
+
+def test_trl_pass_through_names_the_stage_key_and_passes_other_keys():
+    with pytest.raises(ConfigError, match="use the stage key `epsilon`"):
+        resolve_stage("3_grpo_accuracy", {"trl": {"epsilon": 0.3}})
+    with pytest.raises(ConfigError, match="use the stage key `grad_accum`"):
+        resolve_stage("1_sft", {"trl": {"gradient_accumulation_steps": 4}})
+    assert resolve_stage("4_clgrpo", {"trl": {"importance_sampling_level": "token"}}).trl
+
+
+@pytest.mark.parametrize("loss_type,ok", [("dapo", True), ("grpo", True), ("dr_grpo", True), ("bnpo", True),
+                                          ("sapo", False), ("vespo", False), ("cispo", False)])
+def test_clip_low_needs_a_loss_with_a_two_sided_clip(loss_type, ok):
+    if ok:
+        resolve_stage("4_clgrpo", {"loss_type": loss_type})
+    else:
+        with pytest.raises(ConfigError, match="no two-sided clip"):
+            resolve_stage("4_clgrpo", {"loss_type": loss_type})
+    resolve_stage("3_grpo_accuracy", {"loss_type": loss_type})  # a symmetric, plain GRPO stage takes any
+
+
+def test_final_grpo_config_is_checked_too(tmp_path):
+    from factory.train.common import StageContext
+
+    stage = resolve_stage("4_clgrpo")
+    ctx = StageContext("4_clgrpo", stage, TrainConfig(), tmp_path, "base", tmp_path, tmp_path, progress=False)
+    assert grpo.grpo_config(ctx).epsilon == 0.1
+    stage.grad_accum, stage.steps_per_generation = 2, 1  # past the table's check: the trainer's config is checked
+    with pytest.raises(ConfigError, match="never acts"):
+        grpo.grpo_config(ctx)
 
 
 def test_sft_stage_rejects_grpo_settings():

@@ -2,17 +2,18 @@
 
 Stages 2, 3 and 4 differ only in their config: which rewards (``factory.rewards``), how many steps, and
 the clip range. ClipLow GRPO is trl's asymmetric clip — ``epsilon`` is ε_low, ``epsilon_high`` is ε_high —
-with ``num_iterations ≥ 2`` so that the ratio can leave 1 (the stage table refuses settings where it
-cannot). No loss is re-implemented here. ``beta`` defaults to 0, so no reference model is kept.
-Rollouts use ``generate`` on a dense copy of the policy on CUDA (``rollout: auto``, see ``rollout.py``) and on
-the training model on a CPU; never vLLM (DESIGN.md §3: with images + QLoRA it is not a safe default).
+in a batching where trl scores a batch with a policy that has stepped since it sampled it (``num_iterations
+≥ 2``); the stage table and, again, the final GRPOConfig refuse settings where the clip cannot act. No loss
+is re-implemented here. ``beta`` defaults to 0, so no reference model is kept. Rollouts use ``generate`` on
+a dense copy of the policy on CUDA (``rollout: auto``, see ``rollout.py``) and on the training model on a CPU;
+never vLLM (DESIGN.md §3: with images + QLoRA it is not a safe default).
 """
 
 from __future__ import annotations
 
 from factory.rewards import get_rewards
-from factory.train.common import (StageContext, callbacks, cuda, load_policy, run_trainer, stage_dataset,
-                                  trainer_args)
+from factory.train.common import StageContext, callbacks, cuda, load_policy, run_trainer, stage_dataset, trainer_args
+from factory.train.stages import check_clip
 
 
 def grpo_args(ctx: StageContext) -> dict:
@@ -37,14 +38,26 @@ def grpo_args(ctx: StageContext) -> dict:
     return {**args, **s.trl}
 
 
+def grpo_config(ctx: StageContext):
+    """The GRPOConfig the trainer gets, checked after trl derived its batching (the check is trl's own rule)."""
+    from trl import GRPOConfig
+
+    args = GRPOConfig(**grpo_args(ctx))
+    check_clip(clip_low=ctx.stage.clip_low, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+               loss_type=args.loss_type, grad_accum=args.gradient_accumulation_steps,
+               steps_per_generation=args.steps_per_generation, num_iterations=args.num_iterations)
+    return args
+
+
 def dense_rollouts(ctx: StageContext) -> bool:
     return ctx.stage.rollout == "dense" or (ctx.stage.rollout == "auto" and cuda())
 
 
-def run_grpo(ctx: StageContext):
-    """Train one GRPO stage; returns ``(model, processor, metrics)``."""
-    from trl import GRPOConfig, GRPOTrainer
+def build_grpo_trainer(ctx: StageContext):
+    """The stage's GRPOTrainer, ready to train."""
+    from trl import GRPOTrainer
 
+    args = grpo_config(ctx)
     model, processor = load_policy(ctx)
     dataset = stage_dataset(ctx)
     trainer_cls = GRPOTrainer
@@ -53,7 +66,13 @@ def run_grpo(ctx: StageContext):
 
         trainer_cls = fast_grpo_trainer_class()
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda()}
-    trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=GRPOConfig(**grpo_args(ctx)),
+    trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,
                           train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
+    return trainer
+
+
+def run_grpo(ctx: StageContext):
+    """Train one GRPO stage; returns ``(model, processor, metrics)``."""
+    trainer = build_grpo_trainer(ctx)
     metrics = run_trainer(ctx, trainer)
-    return trainer.model, processor, metrics
+    return trainer.model, trainer.processing_class, metrics

@@ -70,6 +70,11 @@ class StageConfig:
     trl: dict = field(default_factory=dict)  # any other SFTConfig/GRPOConfig argument, passed through as is
 
     def __post_init__(self):
+        owned = sorted(set(self.trl) & set(TRL_OWNED))
+        if owned:
+            key, use = owned[0], TRL_OWNED[owned[0]]
+            raise ConfigError(f"trl.{key} decides the clip or the batching, which the stage sets and checks: "
+                              + (f"use the stage key `{use}` instead" if use else "it is not supported"))
         if self.kind == "sft":
             if self.data == "prompts":
                 raise ConfigError("an sft stage trains on data: cot or data: labels, not prompts")
@@ -98,21 +103,60 @@ class StageConfig:
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("set max_steps > 0 or epochs > 0")
 
-    @property
-    def clip_can_act(self) -> bool:
-        """Whether the policy that scores a batch can differ from the one that sampled it (DESIGN.md §1)."""
-        return self.num_iterations > 1 or (self.steps_per_generation or self.grad_accum) > self.grad_accum
-
     def _check_clip(self) -> None:
-        high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        if self.clip_low and not self.epsilon < high:
-            raise ConfigError(f"clip_low needs epsilon (ε_low) < epsilon_high (ε_high); got epsilon={self.epsilon}, "
-                              f"epsilon_high={self.epsilon_high}; e.g. set epsilon: 0.1, epsilon_high: 0.2")
-        if (self.clip_low or high != self.epsilon) and not self.clip_can_act:
-            raise ConfigError(
-                f"the clip range [1-{self.epsilon}, 1+{high}] never acts with num_iterations=1 and one optimizer step "
-                "per generation batch: the importance ratio is exactly 1, so this stage would silently equal plain "
-                "GRPO. Set num_iterations: 2 (or steps_per_generation > grad_accum)")
+        check_clip(clip_low=self.clip_low, epsilon=self.epsilon, epsilon_high=self.epsilon_high,
+                   loss_type=self.loss_type, grad_accum=self.grad_accum,
+                   steps_per_generation=self.steps_per_generation or self.grad_accum,
+                   num_iterations=self.num_iterations)
+
+
+#: GRPOConfig keys that decide the clip or the batching, refused in a stage's ``trl:`` pass-through (it is
+#: merged last and could silently switch the clip off); value: the stage key to use instead (None: none).
+TRL_OWNED: dict[str, str | None] = {
+    "epsilon": "epsilon", "epsilon_high": "epsilon_high", "delta": None, "loss_type": "loss_type",
+    "num_iterations": "num_iterations", "steps_per_generation": "steps_per_generation",
+    "generation_batch_size": "steps_per_generation", "gradient_accumulation_steps": "grad_accum",
+    "per_device_train_batch_size": "batch_size", "num_generations": "num_generations",
+}
+#: trl 1.16 loss types whose loss clips the ratio to [1 - epsilon, 1 + epsilon_high] (``_compute_loss``);
+#: sapo and vespo replace the clip with soft weights, cispo clips only from above at epsilon_high.
+TWO_SIDED_CLIP_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+
+
+def clip_can_act(grad_accum: int, steps_per_generation: int, num_iterations: int) -> bool:
+    """trl 1.16's own rule (``_generate_and_score_completions``, "generate_every"): old log-probs are computed
+    only when ``grad_accum % (steps_per_generation × num_iterations) != 0``, i.e. when an optimizer step falls
+    between sampling a batch and scoring it again; otherwise old = current and the ratio is exactly 1.
+
+    >>> clip_can_act(grad_accum=1, steps_per_generation=1, num_iterations=2)
+    True
+    >>> clip_can_act(grad_accum=2, steps_per_generation=1, num_iterations=2)  # both passes in one step
+    False
+    """
+    return grad_accum % (steps_per_generation * num_iterations) != 0
+
+
+def check_clip(*, clip_low: bool, epsilon: float, epsilon_high: float | None, loss_type: str, grad_accum: int,
+               steps_per_generation: int, num_iterations: int) -> None:
+    """Refuse a ClipLow (or any asymmetric) clip that trl would not apply. Called on the stage table entry
+    (so ``svlm train`` fails in seconds) and on the final GRPOConfig (``factory.train.grpo``)."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    if clip_low and not epsilon < high:
+        raise ConfigError(f"clip_low needs epsilon (ε_low) < epsilon_high (ε_high); got epsilon={epsilon}, "
+                          f"epsilon_high={epsilon_high}; e.g. set epsilon: 0.1, epsilon_high: 0.2")
+    if not (clip_low or high != epsilon):
+        return
+    if loss_type not in TWO_SIDED_CLIP_LOSSES:
+        raise ConfigError(f"loss_type {loss_type!r} has no two-sided clip with epsilon (ε_low) and epsilon_high, so "
+                          f"clip_low / an asymmetric clip would not act; use one of {list(TWO_SIDED_CLIP_LOSSES)}")
+    if not clip_can_act(grad_accum, steps_per_generation, num_iterations):
+        raise ConfigError(
+            f"the clip range [1-{epsilon}, 1+{high}] never acts with grad_accum={grad_accum}, "
+            f"steps_per_generation={steps_per_generation}, num_iterations={num_iterations}: no optimizer step falls "
+            "between sampling a batch and scoring it again (trl computes old log-probs only when grad_accum % "
+            "(steps_per_generation × num_iterations) != 0), so the importance ratio is exactly 1 and this stage "
+            "would silently equal plain GRPO. Set num_iterations: 2 with grad_accum: 1 (or num_iterations × "
+            "steps_per_generation not dividing grad_accum)")
 
 
 def _grpo(**kw) -> StageConfig:
