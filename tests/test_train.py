@@ -218,26 +218,42 @@ def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp  # not retrained
 
 
-def test_nf4_path_trains_on_cpu_behind_the_flag(tmp_path, synth_root, cot_dir, tiny_dirs):
+def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, synth_root, cot_dir, tiny_dirs):
     import bitsandbytes as bnb
 
     cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, quantization="nf4")
-    snaps, seen = Snapshots(), {}
+    snaps, seen, built = Snapshots(), {}, {}
+
+    def trainable_dtypes(model):
+        return {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+
+    def keep_dtypes(build):
+        def wrapped(ctx):
+            trainer = build(ctx)
+            built[ctx.name] = trainable_dtypes(trainer.model)  # right after construction
+            return trainer
+        return wrapped
 
     def run(ctx):
         model, processor, metrics = original(ctx)
         seen["4bit"] = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
         seen["after"] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+        seen["trained"] = trainable_dtypes(model)
         return model, processor, metrics
 
     original = sft.run_sft
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sft, "load_policy", snaps.wrap(common.load_policy))
         mp.setattr(sft, "run_sft", run)
-        train(cfg, ["1_sft"], progress=False)
+        mp.setattr(sft, "build_sft_trainer", keep_dtypes(sft.build_sft_trainer))
+        mp.setattr(grpo, "build_grpo_trainer", keep_dtypes(grpo.build_grpo_trainer))
+        train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     assert seen["4bit"] > 0
     start = snaps.loaded["1_sft"]
     assert any(not torch.equal(start[n].to(t.dtype), t) for n, t in seen["after"].items())
+    # trl casts trainable weights of a 4-bit model to bf16; both runners cast them back to fp32 master weights
+    for where, dtypes in {**built, "1_sft trained": seen["trained"]}.items():
+        assert dtypes and set(dtypes.values()) == {torch.float32}, (where, set(dtypes.values()))
 
 
 # --- config validation ------------------------------------------------------------------------------

@@ -98,6 +98,24 @@ def load_policy(ctx: StageContext, trainable: bool = True):
     return model, loaded.processor
 
 
+def keep_trainable_fp32(model) -> int:
+    """Cast every trainable parameter to fp32 (after the trainer is built); returns how many were cast.
+
+    trl 1.16's SFT and GRPO trainers cast trainable parameters to bf16 for a 4-bit model ("_is_quantized_model").
+    At GRPO learning rates most Adam updates of lora_A are below half a bf16 step and round away, so the adapter
+    barely moves. fp32 master weights avoid that; the forward still computes in the base's dtype (peft casts the
+    LoRA input, and bf16 autocast on CUDA covers fully trained ``modules_to_save``).
+    """
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def stage_dataset(ctx: StageContext):
     """The stage's training rows as a ``datasets.Dataset`` (images decoded lazily, as RGB)."""
     from factory.cot.datasets import grpo_rows, label_rows, sft_rows, to_dataset

@@ -12,7 +12,8 @@ never vLLM (DESIGN.md §3: with images + QLoRA it is not a safe default).
 from __future__ import annotations
 
 from factory.rewards import get_rewards
-from factory.train.common import StageContext, callbacks, cuda, load_policy, run_trainer, stage_dataset, trainer_args
+from factory.train.common import (StageContext, callbacks, cuda, keep_trainable_fp32, load_policy, run_trainer,
+                                  stage_dataset, trainer_args)
 from factory.train.stages import check_clip
 
 
@@ -54,7 +55,7 @@ def dense_rollouts(ctx: StageContext) -> bool:
 
 
 def build_grpo_trainer(ctx: StageContext):
-    """The stage's GRPOTrainer, ready to train."""
+    """The stage's GRPOTrainer, ready to train (trainable weights in fp32)."""
     from trl import GRPOTrainer
 
     args = grpo_config(ctx)
@@ -68,6 +69,7 @@ def build_grpo_trainer(ctx: StageContext):
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda()}
     trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,
                           train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
+    keep_trainable_fp32(trainer.model)
     return trainer
 
 

@@ -7,11 +7,12 @@ the answer with the end-of-turn token, so the model also learns to stop.
 
 from __future__ import annotations
 
-from factory.train.common import StageContext, callbacks, load_policy, run_trainer, stage_dataset, trainer_args
+from factory.train.common import (StageContext, callbacks, keep_trainable_fp32, load_policy, run_trainer,
+                                  stage_dataset, trainer_args)
 
 
-def run_sft(ctx: StageContext):
-    """Train one SFT stage; returns ``(model, processor, metrics)``."""
+def build_sft_trainer(ctx: StageContext):
+    """The stage's SFTTrainer, ready to train (trainable weights in fp32)."""
     from trl import SFTConfig, SFTTrainer
 
     model, processor = load_policy(ctx)
@@ -19,5 +20,12 @@ def run_sft(ctx: StageContext):
     args = SFTConfig(**{**trainer_args(ctx), "max_length": ctx.stage.max_length, **ctx.stage.trl})
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=callbacks(ctx))
+    keep_trainable_fp32(trainer.model)
+    return trainer
+
+
+def run_sft(ctx: StageContext):
+    """Train one SFT stage; returns ``(model, processor, metrics)``."""
+    trainer = build_sft_trainer(ctx)
     metrics = run_trainer(ctx, trainer)
-    return trainer.model, processor, metrics
+    return trainer.model, trainer.processing_class, metrics
