@@ -256,6 +256,29 @@ def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, syn
         assert dtypes and set(dtypes.values()) == {torch.float32}, (where, set(dtypes.values()))
 
 
+def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, tiny_dirs):
+    from peft import LoraConfig, get_peft_model
+
+    from export.build import _probe_inputs
+    from factory.families import get_family
+    from factory.models import load_model
+
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
+    loaded = load_model(tiny_dirs("internvl"), dtype="float32", device="cpu")
+    torch.manual_seed(0)  # a parent adapter trained with dropout, with a non-zero delta (random B)
+    parent = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, init_lora_weights=False,
+                                                     target_modules=get_family("internvl").lora_target_modules))
+    parent.save_pretrained(str(cfg.run_dir / "1_sft" / common.ADAPTER))
+    ctx = common.StageContext("2_grpo_format", cfg.stage("2_grpo_format"), cfg, cfg.run_dir / "2_grpo_format",
+                              str(tiny_dirs("internvl")), synth_root, cot_dir, progress=False)
+    trainer = grpo.build_grpo_trainer(ctx)
+    policy = trainer.model.train()  # trl computes old and new log-probs in train mode
+    inputs = _probe_inputs(loaded.processor, 2)
+    with torch.no_grad():
+        first, second = (torch.log_softmax(policy(**inputs).logits.float(), -1) for _ in range(2))
+    assert torch.equal(first, second)
+
+
 # --- config validation ------------------------------------------------------------------------------
 
 

@@ -68,33 +68,41 @@ def use_nf4(cfg: TrainConfig) -> bool:
     return cfg.train.quantization == "nf4" or (cfg.train.quantization == "auto" and cuda())
 
 
-def lora_config(cfg: TrainConfig, family):
+def lora_config(cfg: TrainConfig, family, dropout: float | None = None):
     from peft import LoraConfig
 
     lo = cfg.train.lora
-    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout if dropout is None else dropout,
                       target_modules=lo.target_modules or family.lora_target_modules,
                       modules_to_save=list(lo.modules_to_save) or None, task_type="CAUSAL_LM")
 
 
 def load_policy(ctx: StageContext, trainable: bool = True):
     """Base model (nf4 on CUDA) with the stage's LoRA adapter: the parent's, continued and trainable, or a
-    fresh one. Returns ``(peft_model, processor)``."""
+    fresh one. Returns ``(peft_model, processor)``.
+
+    GRPO stages train without LoRA dropout: trl computes old and new log-probs in train mode, so dropout
+    would move the importance ratio off 1 on noise alone, and the tight ε_low of ClipLow would clip noise.
+    """
     from accelerate import PartialState
-    from peft import PeftModel, get_peft_model
+    from peft import PeftConfig, PeftModel, get_peft_model
 
     from factory.models import load_model
 
     loaded = load_model(ctx.base, load_in_4bit=use_nf4(ctx.cfg), dtype=ctx.cfg.model.dtype,
                         device=str(PartialState().device))
     adapter = ctx.out / ADAPTER if not trainable else ctx.parent_adapter
+    no_dropout = ctx.stage.kind == "grpo"
     if adapter is not None:
         if not (adapter / "adapter_config.json").is_file():
             raise SVLMError(f"stage {ctx.name}: adapter {adapter} is missing")
+        config = PeftConfig.from_pretrained(str(adapter))
+        if no_dropout:
+            config.lora_dropout = 0.0  # the parent (stage 1) trained with dropout
         # is_trainable=True: without it PEFT loads the adapter frozen and the stage trains nothing.
-        model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=trainable)
+        model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=trainable, config=config)
     else:
-        model = get_peft_model(loaded.model, lora_config(ctx.cfg, loaded.family))
+        model = get_peft_model(loaded.model, lora_config(ctx.cfg, loaded.family, 0.0 if no_dropout else None))
     return model, loaded.processor
 
 
