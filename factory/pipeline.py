@@ -381,10 +381,14 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of per-stage metrics."""
-    head = f"{'stage':<22} {'n':>4} {'format':>7} {'accuracy':>9} {'macro recall':>13} {'unparsable':>11}"
+    """A plain-text table of per-stage metrics; ``truncated``: completions cut at the token budget (shown after
+    the budget), blank for results written before it was recorded."""
+    head = (f"{'stage':<22} {'n':>4} {'format':>7} {'accuracy':>9} {'macro recall':>13} {'unparsable':>11} "
+            f"{'truncated':>15}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        cut = r.get("truncation_rate")
+        cut = "" if cut is None else f"{cut:.1%} @{r.get('max_new_tokens')}"
         lines.append(f"{r['stage']:<22} {r['n']:>4} {r['format_rate']:>7.1%} {r['accuracy']:>9.1%} "
-                     f"{r['macro_recall']:>13.1%} {r['unparsable_rate']:>11.1%}")
+                     f"{r['macro_recall']:>13.1%} {r['unparsable_rate']:>11.1%} {cut:>15}")
     return "\n".join(lines)

@@ -167,6 +167,73 @@ def test_clip_low_stage_scores_with_old_logprobs_and_clips(trained):
     assert (args.epsilon, args.epsilon_high, args.num_iterations) == (0.1, 0.2, 2)
 
 
+def test_each_stage_is_evaluated_with_at_least_its_completion_length(trained):
+    from transformers import AutoTokenizer
+
+    from factory.rewards import completion_text
+    from factory.train.common import StageContext, stage_rows
+
+    cfg, results = trained[:2]
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.source)
+    for name, done in results.items():
+        stage = cfg.stage(name)
+        if stage.kind == "grpo":
+            need = stage.max_completion_length
+        else:
+            ctx = StageContext(name, stage, cfg, cfg.run_dir / name, cfg.model.source, Path(cfg.data), Path(cfg.cot))
+            rows = stage_rows(ctx)
+            need = max(len(tokenizer(completion_text(r["completion"]), add_special_tokens=False)["input_ids"])
+                       for r in rows) + 1
+        assert done["eval"]["max_new_tokens"] == max(cfg.eval.max_new_tokens, need), name
+        if name != "0_baseline":  # label-only answers fit in the floor; traces and GRPO completions do not
+            assert need > cfg.eval.max_new_tokens, name
+        saved = json.loads((cfg.run_dir / name / "eval.json").read_text())
+        assert 0.0 <= saved["truncation_rate"] <= 1.0 and saved == done["eval"]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a policy: "generates" fixed token rows, cut at ``max_new_tokens`` as generate would."""
+
+    def __init__(self, rows: list[list[int]], eos: int):
+        from transformers import GenerationConfig
+
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # evaluate reads the device from a parameter
+        self.rows, self.generation_config = rows, GenerationConfig(eos_token_id=eos)
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        new = torch.tensor([row[:max_new_tokens] for row in self.rows[:len(input_ids)]])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_truncation_rate_counts_completions_cut_by_the_budget(tiny_dirs, synth_root):
+    from transformers import AutoProcessor
+
+    from factory.data.emoset import read_split
+    from factory.evaluate import evaluate
+
+    processor = AutoProcessor.from_pretrained(str(tiny_dirs("internvl")))
+    tok = processor.tokenizer
+    answer = tok("<think>x</think><answer>awe</answer>", add_special_tokens=False)["input_ids"]
+    n, eos = len(answer), tok.eos_token_id
+    # one completion ends with EOS (then padding), one runs past any budget without EOS
+    model = ScriptedModel([answer + [eos] * (n + 1), answer * 2 + [answer[0]]], eos)
+    records = read_split(synth_root, "val", strict=False, check_images="none").records[:2]
+    roomy = evaluate(model, processor, records, max_new_tokens=n + 1, batch_size=2)
+    assert [p.truncated for p in roomy.predictions] == [False, True] and roomy.truncation_rate == 0.5
+    assert roomy.predictions[0].well_formed  # the answer that stopped is complete
+    cut = evaluate(model, processor, records, max_new_tokens=n, batch_size=2)  # no room left for EOS
+    assert cut.truncation_rate == 1.0 and cut.metrics()["max_new_tokens"] == n
+
+
+def test_stage_table_shows_truncation():
+    from factory.pipeline import format_table
+
+    row = {"stage": "1_sft", "n": 4, "format_rate": 1.0, "accuracy": 0.5, "macro_recall": 0.5, "unparsable_rate": 0.0}
+    table = format_table([{**row, "truncation_rate": 0.25, "max_new_tokens": 160}, row])
+    assert "truncated" in table.splitlines()[0] and "25.0% @160" in table
+
+
 def test_a_finished_run_is_skipped(trained, capsys):
     cfg, results = trained[:2]
     stamp = (cfg.run_dir / "1_sft" / "done.json").stat().st_mtime_ns

@@ -124,9 +124,9 @@ def keep_trainable_fp32(model) -> int:
     return cast
 
 
-def stage_dataset(ctx: StageContext):
-    """The stage's training rows as a ``datasets.Dataset`` (images decoded lazily, as RGB)."""
-    from factory.cot.datasets import grpo_rows, label_rows, sft_rows, to_dataset
+def stage_rows(ctx: StageContext) -> list[dict]:
+    """The stage's training rows (prompt, completion or label, image path)."""
+    from factory.cot.datasets import grpo_rows, label_rows, sft_rows
     from factory.data.emoset import read_split
 
     if ctx.stage.data == "cot":
@@ -139,7 +139,28 @@ def stage_dataset(ctx: StageContext):
         rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
     if not rows:
         raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
-    return to_dataset(rows)
+    return rows
+
+
+def stage_dataset(ctx: StageContext):
+    """The stage's training rows as a ``datasets.Dataset`` (images decoded lazily, as RGB)."""
+    from factory.cot.datasets import to_dataset
+
+    return to_dataset(stage_rows(ctx))
+
+
+def eval_max_new_tokens(ctx: StageContext, tokenizer) -> int:
+    """The stage's evaluation budget: ``eval.max_new_tokens``, raised to what the stage was trained to write,
+    so that no trained answer is cut (a cut answer scores as wrong). GRPO: ``max_completion_length``. SFT: the
+    longest training target in tokens + 1 for the end-of-turn token that closes it."""
+    floor = ctx.cfg.eval.max_new_tokens
+    if ctx.stage.kind == "grpo":
+        return max(floor, ctx.stage.max_completion_length)
+    from factory.rewards import completion_text
+
+    targets = [completion_text(row["completion"]) for row in stage_rows(ctx)]
+    lengths = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    return max(floor, max(len(ids) for ids in lengths) + 1)
 
 
 def trainer_args(ctx: StageContext) -> dict[str, Any]:

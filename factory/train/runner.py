@@ -6,7 +6,7 @@ Layout of one run::
                         checkpoints/      trainer checkpoints (resume points), the last 2 kept
                         tensorboard/      event files: tensorboard --logdir runs/<name>
                         curves.png        loss, rewards, clip ratios, format rate
-                        eval.json         format rate, accuracy, macro recall on the held-out split
+                        eval.json         format rate, accuracy, macro recall, truncation rate on the held-out split
                         predictions.jsonl every evaluated completion
                         svlm_config.yaml  the resolved run config; stage.yaml the resolved stage
                         done.json         written last: a stage with it is skipped on rerun
@@ -129,7 +129,7 @@ def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = Tru
 
     from factory.data.emoset import read_split
     from factory.evaluate import evaluate
-    from factory.train.common import load_policy
+    from factory.train.common import eval_max_new_tokens, load_policy
     from factory.train.grpo import run_grpo
     from factory.train.plots import plot_stage
     from factory.train.sft import run_sft
@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = Tru
         model.eval()
         t1 = time.time()
         result = evaluate(model, processor, eval_records, style=stage.eval_style,
-                          max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=progress)
+                          max_new_tokens=eval_max_new_tokens(ctx, processor.tokenizer),
+                          batch_size=cfg.eval.batch_size, progress=progress)
         with (out / "predictions.jsonl").open("w") as fh:
             for p in result.predictions:
                 fh.write(json.dumps(p.__dict__) + "\n")
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = Tru
         _write_json(out / "done.json", done)
         results[name] = done
         m = result.metrics()
-        _log(f"{name}: format {m['format_rate']:.1%}, accuracy {m['accuracy']:.1%} on {m['n']} "
-             f"{cfg.eval.split} images ({train_seconds} s training)")
+        _log(f"{name}: format {m['format_rate']:.1%}, accuracy {m['accuracy']:.1%}, {m['truncation_rate']:.1%} cut at "
+             f"{m['max_new_tokens']} tokens, on {m['n']} {cfg.eval.split} images ({train_seconds} s training)")
         del model
     return results
