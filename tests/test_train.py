@@ -346,6 +346,28 @@ def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, t
     assert torch.equal(first, second)
 
 
+def test_grpo_can_sample_only_images_with_a_cot_trace(tmp_path, synth_root, cot_dir, tiny_dirs):
+    from factory.cot.build import TRACES
+    from factory.train.common import StageContext, stage_rows
+
+    lines = (cot_dir / TRACES).read_text().splitlines()
+    kept = lines[: len(lines) // 2]  # a CoT build in which only some images got a trace
+    (tmp_path / "cot").mkdir()
+    (tmp_path / "cot" / TRACES).write_text("\n".join(kept) + "\n")
+    traced = {json.loads(line)["image"] for line in kept}
+    cfg = tiny_config(tmp_path, synth_root, tmp_path / "cot", tiny_dirs)
+
+    def images(prompts):
+        stage = resolve_stage("3_grpo_accuracy", {"prompts": prompts})
+        ctx = StageContext("3_grpo_accuracy", stage, cfg, tmp_path / "s", "base", synth_root, tmp_path / "cot")
+        return {row["image"] for row in stage_rows(ctx)}
+
+    everything, only_traced = images("all"), images("cot")
+    assert only_traced == {i for i in everything if i in traced} and 0 < len(only_traced) < len(everything)
+    with pytest.raises(ConfigError, match="grpo stage"):
+        resolve_stage("1_sft", {"prompts": "cot"})
+
+
 # --- config validation ------------------------------------------------------------------------------
 
 

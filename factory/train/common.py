@@ -136,10 +136,23 @@ def stage_rows(ctx: StageContext) -> list[dict]:
         rows = sft_rows(ctx.cot_dir, traces=ctx.stage.traces)
     else:
         records = read_split(ctx.data_root, "train", strict=False, check_images="none").records
+        if ctx.stage.data == "prompts" and ctx.stage.prompts == "cot":
+            traced = _traced_images(ctx)
+            records = [r for r in records if str(Path(r.image_path).resolve()) in traced]
         rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
     if not rows:
         raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
     return rows
+
+
+def _traced_images(ctx: StageContext) -> set[str]:
+    """Resolved paths of the train images that have a trace stage 1 trains on (``sft_rows``' rule)."""
+    from factory.cot.datasets import sft_rows
+
+    if not (ctx.cot_dir / "cot.jsonl").is_file():
+        raise SVLMError(f"stage {ctx.name} samples only images with a CoT trace (prompts: cot), but "
+                        f"{ctx.cot_dir}/cot.jsonl is missing; build it with `svlm cot build` or set prompts: all")
+    return {str(Path(row["image"]).resolve()) for row in sft_rows(ctx.cot_dir, traces="first")}
 
 
 def stage_dataset(ctx: StageContext):

@@ -32,6 +32,9 @@ class StageConfig:
     # cot: verified CoT traces; labels: label-only answers (the baseline); prompts: train images + labels (GRPO)
     data: Literal["cot", "labels", "prompts"] = "cot"
     traces: Literal["all", "first"] = "all"  # cot data: every verified trace, or one per image
+    # grpo: the train images GRPO samples from: all, or only those with a verified CoT trace (the paper runs
+    # GRPO on its CoT data; OURS: which one helps is an experiment, so both are kept)
+    prompts: Literal["all", "cot"] = "all"
     eval_style: Literal["cot", "label"] = "cot"  # the question asked at evaluation
     # optimisation
     epochs: float = 1.0
@@ -80,6 +83,8 @@ class StageConfig:
                 raise ConfigError("an sft stage trains on data: cot or data: labels, not prompts")
             if self.rewards:
                 raise ConfigError("an sft stage takes no rewards; set kind: grpo for reward training")
+            if self.prompts != "all":
+                raise ConfigError("prompts: cot chooses the images of a grpo stage; an sft stage's are set by data")
         else:
             if self.data != "prompts":
                 raise ConfigError(f"a grpo stage samples from data: prompts, got data: {self.data}")
