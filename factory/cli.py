@@ -77,11 +77,12 @@ def cmd_model_tiny(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise SVLMError(f"{out} is not empty; pass --overwrite to write into it")
-    save_tiny(args.family, args.size, out, seed=args.seed)
+    save_tiny(args.family, args.size, out, seed=args.seed, tokenizer=args.tokenizer)
     from factory.models import count_parameters, load_model
 
     loaded = load_model(out, dtype="float32", device="cpu")
-    print(f"wrote {args.family}/{args.size} ({count_parameters(loaded.model) / 1e6:.2f}M parameters) to {out}")
+    print(f"wrote {args.family}/{args.size} with the {args.tokenizer} tokenizer ({len(loaded.processor.tokenizer)} "
+          f"tokens; {count_parameters(loaded.model) / 1e6:.2f}M parameters) to {out}")
     return 0
 
 
@@ -188,6 +189,7 @@ def cmd_stages(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from factory.families import DEFAULT_FAMILY, FAMILIES, MODEL_SIZES
+    from factory.models import TOKENIZERS
 
     parser = argparse.ArgumentParser(prog="svlm", description="SVLM Factory: CLGRPO training of small VLMs "
                                      "for visual emotion recognition, exported to quantized ONNX.")
@@ -232,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", choices=list(MODEL_SIZES),
                    help="tiny: unit tests; small: ~10M parameters, for learning runs on a CPU; "
                    "*-shape: real sizes with random weights, for GPU memory checks")
+    # real by default: a tiny model stands in for a real checkpoint of the family, and a real checkpoint
+    # carries its real tokenizer; small is the CPU-training speed trade-off that svlm run makes (model.tokenizer).
+    p.add_argument("--tokenizer", default="real", choices=list(TOKENIZERS),
+                   help="real (default): the family's real tokenizer, chat template and processor settings, real "
+                   "vocabulary size; small: a 1-4k-token local BPE with single-token <think>/<answer> tags, "
+                   "~10x faster to train on a CPU")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")

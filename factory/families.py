@@ -1,10 +1,13 @@
 """The one model-family registry: every per-family difference lives in one frozen ``Family`` entry.
 
-Code elsewhere asks the registry (``get_family``, ``family_of``) instead of branching on a family name.
-An entry holds the HF model/processor classes (by name, resolved lazily so importing this module stays
-cheap), the chat template used for tiny models, the LoRA targets, the image-size policy applied to the
-processor, the ONNX split used by ``export/``, and the tiny test configs. ``tests/test_families.py``
-fails when a registered family has no tiny config.
+Code elsewhere asks the registry (``get_family``, ``family_of``) instead of branching on a family name or
+naming a family's tokens. An entry holds the HF model/processor classes (by name, resolved lazily so
+importing this module stays cheap), the image placeholder token, the real checkpoint's files and facts
+(``RealCheckpoint``: its tokenizer, chat template and image-processor settings in ``factory/assets/hf``,
+its text vocabulary size), the chat template of the small local tokenizer, the LoRA targets, the
+image-size policy applied to the processor, the ONNX split and runtime preprocessing used by ``export/``,
+and the tiny builders. ``tests/test_families.py`` fails when a registered family has no tiny config, and
+``tests/test_registry_owns_families.py`` when code outside this module branches on a family.
 
 Families: InternVL (HF-native ``InternVLForConditionalGeneration``, InternVL3-1B-hf; the default),
 SmolVLM (Idefics3 lineage, SmolVLM-256M/500M/2.2B), Qwen2-VL (Qwen2-VL-2B-Instruct).
@@ -19,26 +22,30 @@ from factory.errors import SVLMError
 
 DEFAULT_FAMILY = "internvl"
 
-# Sizes of the random-weight models. "tiny" is for unit tests; "small" (~10M parameters) is the default
-# for learning runs on a 2-core CPU. Every Linear that bitsandbytes may quantize has in_features % 64 == 0
-# (DESIGN.md §3), so the 4-bit path is testable on CPU.
+# Sizes of the random-weight models. "tiny" is for unit tests; "small" (~10M parameters with the small
+# tokenizer) is the default for learning runs on a 2-core CPU. Every Linear that bitsandbytes may quantize
+# has in_features % 64 == 0 (DESIGN.md §3), so the 4-bit path is testable on CPU. ``vocab`` is the size
+# of the small local tokenizer; with the real one the model has the real checkpoint's vocabulary.
+# ``grid`` is the vision tower's patches per side: with the small tokenizer the tiny image is
+# grid x patch pixels; with the real processor the input keeps its real size (448² for InternVL) and the
+# patch grows to input / grid, so the tower stays cheap and gives the same few image tokens.
 TINY_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden=64, intermediate=128, layers=2, heads=2, kv_heads=1, vocab=1024,
-                 v_hidden=64, v_intermediate=128, v_layers=1, v_heads=2, image=32, patch=8),
+                 v_hidden=64, v_intermediate=128, v_layers=1, v_heads=2, grid=4, patch=8),
     "small": dict(hidden=256, intermediate=768, layers=6, heads=4, kv_heads=2, vocab=4096,
-                  v_hidden=256, v_intermediate=512, v_layers=4, v_heads=4, image=96, patch=12),
+                  v_hidden=256, v_intermediate=512, v_layers=4, v_heads=4, grid=8, patch=12),
 }
 
-# Real-size shapes with random weights, for GPU memory/throughput checks (benchmarks/). The tokenizer is
-# still the small local BPE; ``vocab_pad`` pads the embedding and head to the real vocabulary so their
-# memory is real. InternVL3-1B: InternViT-300M (24 x 1024) + Qwen2.5-0.5B (24 x 896); -2B: + Qwen2.5-1.5B.
+# Real-size shapes with random weights, for GPU memory/throughput checks (benchmarks/). With the small
+# tokenizer ``vocab_pad`` pads the embedding and head to the real vocabulary so their memory is real.
+# InternVL3-1B: InternViT-300M (24 x 1024, 448² in 14² patches) + Qwen2.5-0.5B (24 x 896); -2B: + Qwen2.5-1.5B.
 REAL_SHAPES: dict[str, dict[str, int]] = {
     "internvl3-1b-shape": dict(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=4096,
                                vocab_pad=151674, v_hidden=1024, v_intermediate=4096, v_layers=24, v_heads=16,
-                               image=448, patch=14),
+                               grid=32, patch=14),
     "internvl3-2b-shape": dict(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vocab=4096,
                                vocab_pad=151674, v_hidden=1024, v_intermediate=4096, v_layers=24, v_heads=16,
-                               image=448, patch=14),
+                               grid=32, patch=14),
 }
 MODEL_SIZES: dict[str, dict[str, int]] = {**TINY_SIZES, **REAL_SHAPES}
 
@@ -55,8 +62,40 @@ class OnnxSplit:
     # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
     # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
     image_features: Callable[[Any, Any], Any] | None = None
+    # image processor -> the manifest's preprocessing spec for the torch-free runtime (export/preprocess.py);
+    # None: the runtime has no port of this family's preprocessing and the package says so
+    image_spec: Callable[[Any], dict] | None = None
     unsupported: str | None = None  # why `svlm export` refuses this family (None: supported)
     tolerance: float = 1e-4  # fp32 ONNX vs PyTorch: max |Δlogits| the export accepts
+
+
+@dataclass(frozen=True)
+class RealCheckpoint:
+    """The family's reference checkpoint: its non-weight files, shipped in ``factory/assets/hf/<assets>``
+    (tokenizer, chat template, image-processor settings, generation config; see PROVENANCE.md there), and
+    the facts a tiny model built from them must reproduce."""
+
+    hub_id: str
+    assets: str  # folder under factory/assets/hf
+    vocab_size: int  # the text model's embedding rows (the hub config's vocab_size)
+
+
+@dataclass
+class TinyParts:
+    """What a tiny builder gets besides the layer sizes.
+
+    With the small local tokenizer, ``image_processor`` is None and the builder sizes the processor to the
+    tiny vision tower; with the real tokenizer it holds the real checkpoint's image-processor settings
+    (kwargs of the family's image-processor class), which the builder keeps and fits the tower to.
+    """
+
+    tokenizer: Any
+    chat_template: str
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_id: int | list[int]
+    pad_token_id: int | None
+    image_processor: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +109,10 @@ class Family:
     image_processor_class: str
     video_processor_class: str
     hub_examples: tuple[str, ...]
-    chat_template: str  # for tiny models; real checkpoints ship their own
-    special_tokens: tuple[str, ...]  # tokens the processor needs in the tokenizer
+    image_token: str  # the prompt placeholder whose embeddings the image features replace
+    real: RealCheckpoint
+    chat_template: str  # for tiny models with the small tokenizer; real checkpoints ship their own
+    special_tokens: tuple[str, ...]  # tokens the processor needs in the (small) tokenizer
     tokenizer_attrs: dict[str, str]  # tokenizer attributes the processor reads (e.g. context_image_token)
     eos_token: str
     pad_token: str
@@ -85,13 +126,26 @@ class Family:
     # tokens (no tiling by default: emotion is a whole-image property and tiles multiply rollout cost).
     image_policy: dict[str, Any]
     onnx: OnnxSplit
-    build_tiny: Callable[["Family", str, Any], tuple[Any, Any]] = field(repr=False, compare=False)
+    build_tiny: Callable[["Family", str, TinyParts], tuple[Any, Any]] = field(repr=False, compare=False)
     tiny_sizes: tuple[str, ...] = ("tiny", "small")
 
     def model_cls(self):
         import transformers
 
         return getattr(transformers, self.model_class)
+
+    def image_token_id(self, tokenizer) -> int:
+        """The id of the image placeholder in ``tokenizer`` (an error if the tokenizer lacks it)."""
+        token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise SVLMError(f"the tokenizer has no {self.image_token!r} token, which {self.name} prompts need")
+        return int(token_id)
+
+    def image_spec(self, processor) -> dict:
+        """The manifest's image-preprocessing spec for the torch-free runtime, read from ``processor``."""
+        if self.onnx.image_spec is None:
+            return {"kind": f"{self.name}_unported"}
+        return self.onnx.image_spec(processor.image_processor)
 
     def apply_image_policy(self, processor) -> None:
         """Set the family's image policy on a loaded processor (idempotent).
@@ -170,61 +224,95 @@ def _smolvlm_image_features(model, pixel_values):
     return model.model.connector(hidden)
 
 
+# --- export: the runtime's image preprocessing, read from the (policy-applied) image processor ------------
+def _normalization(ip) -> dict:
+    return {"resample": int(ip.resample), "rescale_factor": float(ip.rescale_factor),
+            "mean": [float(x) for x in ip.image_mean], "std": [float(x) for x in ip.image_std]}
+
+
+def _internvl_image_spec(ip) -> dict:
+    """GotOcr2, one tile (the image policy): resize to height x width."""
+    if ip.crop_to_patches:
+        raise SVLMError("the runtime ports InternVL's single-tile preprocessing; crop_to_patches must be off")
+    return {"kind": "resize_normalize", "height": ip.size.height, "width": ip.size.width, **_normalization(ip)}
+
+
+def _smolvlm_image_spec(ip) -> dict:
+    """SmolVLM without splitting (the image policy): longest edge to size, then a max_image_size square."""
+    if ip.do_image_splitting:
+        raise SVLMError("the runtime ports SmolVLM's single-image preprocessing; do_image_splitting must be off")
+    size, square = ip.size, ip.max_image_size
+    return {"kind": "longest_edge_square", "longest_edge": int(size["longest_edge"] if isinstance(size, dict)
+                                                               else size.longest_edge),
+            "side": int(square["longest_edge"]), **_normalization(ip)}
+
+
 # --- tiny builders --------------------------------------------------------------------------------------
-def _text_kwargs(s: dict, vocab: int) -> dict:
-    return dict(vocab_size=max(vocab, s.get("vocab_pad", 0)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-                num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                num_key_value_heads=s["kv_heads"], max_position_embeddings=2048)
+def _text_kwargs(s: dict, parts: TinyParts) -> dict:
+    return dict(vocab_size=max(parts.vocab_size, s.get("vocab_pad", 0)), hidden_size=s["hidden"],
+                intermediate_size=s["intermediate"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                num_key_value_heads=s["kv_heads"], max_position_embeddings=2048, bos_token_id=parts.bos_token_id,
+                eos_token_id=parts.eos_token_id, pad_token_id=parts.pad_token_id)
 
 
-def _lm_config(cls, s: dict, tok):
+def _lm_config(cls, s: dict, parts: TinyParts):
     """The language-model config shared by the InternVL (Qwen2) and SmolVLM (Llama) tiny builders."""
-    return cls(**_text_kwargs(s, len(tok)), tie_word_embeddings=False, bos_token_id=tok.pad_token_id,
-               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return cls(**_text_kwargs(s, parts), tie_word_embeddings=False)
 
 
-def _build_internvl(fam: Family, size: str, tok):
+def _patch(side: int, s: dict) -> int:
+    """The patch size that cuts a ``side``-pixel input into the size's ``grid`` x ``grid`` patches."""
+    if side % s["grid"]:
+        raise SVLMError(f"a {side}-pixel input does not split into a {s['grid']}x{s['grid']} patch grid")
+    return side // s["grid"]
+
+
+def _build_internvl(fam: Family, size: str, parts: TinyParts):
     import transformers as tf
 
     s = MODEL_SIZES[size]
-    image_seq = (s["image"] // s["patch"]) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
-    text = _lm_config(tf.Qwen2Config, s, tok)
+    ip = parts.image_processor or dict(size={"height": s["grid"] * s["patch"], "width": s["grid"] * s["patch"]},
+                                       max_patches=1, crop_to_patches=False)
+    image_processor = tf.GotOcr2ImageProcessor(**ip)
+    side = image_processor.size.height
+    image_seq = s["grid"] ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
+    text = _lm_config(tf.Qwen2Config, s, parts)
     vision = tf.InternVLVisionConfig(hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
                                      num_hidden_layers=s["v_layers"], num_attention_heads=s["v_heads"],
-                                     image_size=[s["image"]] * 2, patch_size=[s["patch"]] * 2)
+                                     image_size=[side] * 2, patch_size=[_patch(side, s)] * 2)
     config = tf.InternVLConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                               image_token_id=tok.context_image_token_id, image_seq_length=image_seq,
+                               image_token_id=fam.image_token_id(parts.tokenizer), image_seq_length=image_seq,
                                tie_word_embeddings=False)
-    image_processor = tf.GotOcr2ImageProcessor(size={"height": s["image"], "width": s["image"]},
-                                               max_patches=1, crop_to_patches=False)
-    processor = tf.InternVLProcessor(image_processor=image_processor, tokenizer=tok,
+    processor = tf.InternVLProcessor(image_processor=image_processor, tokenizer=parts.tokenizer,
                                      video_processor=tf.InternVLVideoProcessor(), image_seq_length=image_seq,
-                                     chat_template=fam.chat_template)
+                                     chat_template=parts.chat_template)
     return config, processor
 
 
-def _build_smolvlm(fam: Family, size: str, tok):
+def _build_smolvlm(fam: Family, size: str, parts: TinyParts):
     import transformers as tf
 
     s = MODEL_SIZES[size]
+    edge = {"longest_edge": s["grid"] * s["patch"]}
+    ip = parts.image_processor or dict(size=edge, max_image_size=edge, do_image_splitting=False)
+    image_processor = tf.SmolVLMImageProcessor(**ip)
+    side = image_processor.max_image_size["longest_edge"]  # what the vision tower sees, split or not
     scale = 2
-    image_seq = (s["image"] // s["patch"]) ** 2 // scale**2
-    text = _lm_config(tf.LlamaConfig, s, tok)
+    image_seq = s["grid"] ** 2 // scale**2
+    text = _lm_config(tf.LlamaConfig, s, parts)
     vision = tf.SmolVLMVisionConfig(hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
                                     num_hidden_layers=s["v_layers"], num_attention_heads=s["v_heads"],
-                                    image_size=s["image"], patch_size=s["patch"])
+                                    image_size=side, patch_size=_patch(side, s))
     config = tf.SmolVLMConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                              image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale,
-                              pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    edge = {"longest_edge": s["image"]}
-    image_processor = tf.SmolVLMImageProcessor(size=edge, max_image_size=edge, do_image_splitting=False)
-    processor = tf.SmolVLMProcessor(image_processor=image_processor, tokenizer=tok,
+                              image_token_id=fam.image_token_id(parts.tokenizer), scale_factor=scale,
+                              pad_token_id=parts.pad_token_id, tie_word_embeddings=False)
+    processor = tf.SmolVLMProcessor(image_processor=image_processor, tokenizer=parts.tokenizer,
                                     video_processor=tf.SmolVLMVideoProcessor(), image_seq_len=image_seq,
-                                    chat_template=fam.chat_template)
+                                    chat_template=parts.chat_template)
     return config, processor
 
 
-def _build_qwen2vl(fam: Family, size: str, tok):
+def _build_qwen2vl(fam: Family, size: str, parts: TinyParts):
     import transformers as tf
 
     s = MODEL_SIZES[size]
@@ -233,21 +321,27 @@ def _build_qwen2vl(fam: Family, size: str, tok):
     # Qwen2-VL-2B's [16, 24, 24] for head_dim 128.
     half = head_dim // 2
     mrope = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
-    text = dict(**_text_kwargs(s, len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                              "mrope_section": mrope},
-                bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text = dict(**_text_kwargs(s, parts), rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                           "mrope_section": mrope})
+    # Qwen2-VL's processor sizes the image grid from the input (min/max pixels) in its patch size, which the
+    # tower must share: the real processor keeps its 14-pixel patches and the tiny cost follows the image.
+    pixels = (s["grid"] * s["patch"]) ** 2
+    ip = parts.image_processor or dict(patch_size=s["patch"], merge_size=2, temporal_patch_size=2,
+                                       min_pixels=pixels, max_pixels=pixels)
+    image_processor = tf.Qwen2VLImageProcessor(**ip)
+    patch, merge = image_processor.patch_size, image_processor.merge_size
     vision = dict(depth=s["v_layers"], embed_dim=s["v_hidden"], hidden_size=s["hidden"], num_heads=s["v_heads"],
-                  patch_size=s["patch"], spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in fam.special_tokens}
-    config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                  patch_size=patch, spatial_merge_size=merge, temporal_patch_size=image_processor.temporal_patch_size,
+                  mlp_ratio=2)
+    tok = parts.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=fam.image_token_id(tok),
                               video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                               vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
-    pixels = s["image"] * s["image"]
-    image_processor = tf.Qwen2VLImageProcessor(patch_size=s["patch"], merge_size=2, temporal_patch_size=2,
-                                               min_pixels=pixels, max_pixels=pixels)
-    video_processor = tf.Qwen2VLVideoProcessor(patch_size=s["patch"], merge_size=2, temporal_patch_size=2)
+    video_processor = tf.Qwen2VLVideoProcessor(patch_size=patch, merge_size=merge,
+                                               temporal_patch_size=image_processor.temporal_patch_size)
     processor = tf.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                    video_processor=video_processor, chat_template=fam.chat_template)
+                                    video_processor=video_processor, chat_template=parts.chat_template)
     return config, processor
 
 
@@ -264,6 +358,10 @@ FAMILIES: dict[str, Family] = {
             image_processor_class="GotOcr2ImageProcessor",
             video_processor_class="InternVLVideoProcessor",
             hub_examples=("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-2B-hf"),
+            image_token="<IMG_CONTEXT>",
+            # Files derived from the Qwen2.5 tokenizer by transformers' conversion recipe (PROVENANCE.md);
+            # the hub config's text vocab is 151,674 rows (the derived tokenizer lists ids up to 151,674).
+            real=RealCheckpoint("OpenGVLab/InternVL3-1B-hf", "internvl3-1b-hf", vocab_size=151674),
             chat_template=_chatml_template("<IMG_CONTEXT>\n"),
             special_tokens=_CHATML + ("<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
             tokenizer_attrs={"start_image_token": "<img>", "end_image_token": "</img>",
@@ -274,7 +372,7 @@ FAMILIES: dict[str, Family] = {
             # One 448x448 tile (256 tokens) on InternVL3 instead of up to 12 tiles + thumbnail.
             image_policy={"crop_to_patches": False, "max_patches": 1},
             onnx=OnnxSplit(vision="model.vision_tower", projector="model.multi_modal_projector",
-                           image_features=_internvl_image_features),
+                           image_features=_internvl_image_features, image_spec=_internvl_image_spec),
             build_tiny=_build_internvl,
         ),
         Family(
@@ -286,6 +384,8 @@ FAMILIES: dict[str, Family] = {
             video_processor_class="SmolVLMVideoProcessor",
             hub_examples=("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
                           "HuggingFaceTB/SmolVLM2-2.2B-Instruct"),
+            image_token="<image>",
+            real=RealCheckpoint("HuggingFaceTB/SmolVLM-256M-Instruct", "smolvlm-256m-instruct", vocab_size=49280),
             chat_template=_smolvlm_template(),
             special_tokens=("<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
                             "<image>", "<global-img>", "<video>"),
@@ -297,7 +397,7 @@ FAMILIES: dict[str, Family] = {
             # A single global image (64 tokens on SmolVLM-256M) instead of a grid of 512px crops.
             image_policy={"do_image_splitting": False},
             onnx=OnnxSplit(vision="model.vision_model", projector="model.connector", text_model="model.text_model",
-                           image_features=_smolvlm_image_features),
+                           image_features=_smolvlm_image_features, image_spec=_smolvlm_image_spec),
             build_tiny=_build_smolvlm,
         ),
         Family(
@@ -308,6 +408,8 @@ FAMILIES: dict[str, Family] = {
             image_processor_class="Qwen2VLImageProcessor",
             video_processor_class="Qwen2VLVideoProcessor",
             hub_examples=("Qwen/Qwen2-VL-2B-Instruct",),
+            image_token="<|image_pad|>",
+            real=RealCheckpoint("Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-2b-instruct", vocab_size=151936),
             chat_template=_chatml_template("<|vision_start|><|image_pad|><|vision_end|>"),
             special_tokens=_CHATML + ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
             tokenizer_attrs={},

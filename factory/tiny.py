@@ -1,20 +1,32 @@
 """Offline random-weight models of every registered family, saved exactly like a hub checkpoint.
 
 No model hub is reachable from CI or this project's CPU machines, so tests and the default ``svlm run``
-build models from configs. Each model gets a locally trained byte-level BPE tokenizer (so any text
-encodes), the family's special tokens, ``<think>``/``</think>``/``<answer>``/``</answer>`` as single
-(non-special, so they survive ``skip_special_tokens``) tokens, the family's real processor class and a chat
-template that accepts string and list content. The result loads back through ``AutoModelForImageTextToText``
-and ``AutoProcessor`` like any real checkpoint, so the real loading path is the one under test.
+build models from configs, with one of two tokenizers:
+
+* ``real``: the family's real tokenizer, special tokens, chat template (verbatim), image-processor settings
+  and generation ids, from the reference checkpoint's files in ``factory/assets/hf``, and the real text
+  vocabulary size; only the layer sizes are small. ``<answer>`` is then ``<``, ``answer``, ``>`` and a
+  label's tokens depend on what precedes it, as on a real checkpoint. The tests use this one.
+* ``small``: a locally trained byte-level BPE tokenizer (1-4k tokens, so any text encodes) with the
+  family's special tokens and ``<think>``/``</think>``/``<answer>``/``</answer>`` as single tokens, and our
+  chat template. A 151k-token head makes the CPU-sized "small" model ~10x slower to train, so ``svlm run``
+  keeps this one by default (``model.tokenizer``).
+
+Either way the family's real processor class is used, and the result loads back through
+``AutoModelForImageTextToText`` and ``AutoProcessor`` like any real checkpoint, so the real loading path is
+the one under test.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from factory.data.emoset import load_info
-from factory.families import MODEL_SIZES, Family, get_family
+from factory.families import MODEL_SIZES, Family, TinyParts, get_family
+from factory.models import TOKENIZERS
 from factory.prompts import EMOTIONS, FORMAT_TOKENS, QUESTIONS
+
 
 # A few reasoning sentences so common words become single tokens; the attribute vocabularies add the rest.
 _REASONING = [
@@ -58,7 +70,44 @@ def train_tokenizer(family: Family, vocab_size: int):
     return tok
 
 
-def build_tiny(family: str | Family, size: str = "tiny", seed: int = 0):
+def small_parts(family: Family, size: str) -> TinyParts:
+    """The small local tokenizer and our chat template; the builder sizes the processor to the tower."""
+    tok = train_tokenizer(family, MODEL_SIZES[size]["vocab"])
+    return TinyParts(tokenizer=tok, chat_template=family.chat_template, vocab_size=len(tok),
+                     bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def _read_json(root: Path, name: str) -> dict:
+    return json.loads((root / name).read_text()) if (root / name).is_file() else {}
+
+
+def real_parts(family: Family) -> TinyParts:
+    """The family's real tokenizer, chat template (verbatim), image-processor settings and generation ids."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from factory import assets
+
+    with tempfile.TemporaryDirectory(prefix="svlm_real_") as tmp:
+        root = assets.materialize(family.real.assets, tmp)
+        tok = AutoTokenizer.from_pretrained(root)
+        if (root / "chat_template.jinja").is_file():
+            template = (root / "chat_template.jinja").read_text()
+        else:
+            template = _read_json(root, "chat_template.json")["chat_template"]
+        # InternVL keeps the image processor inside processor_config.json; the others in their own file
+        image = _read_json(root, "processor_config.json").get("image_processor") \
+            or _read_json(root, "preprocessor_config.json")
+        gen = _read_json(root, "generation_config.json")
+    image = {k: v for k, v in image.items() if k not in ("image_processor_type", "processor_class")}
+    return TinyParts(tokenizer=tok, chat_template=template, vocab_size=family.real.vocab_size,
+                     bos_token_id=gen.get("bos_token_id", tok.bos_token_id),
+                     eos_token_id=gen.get("eos_token_id", tok.convert_tokens_to_ids(family.eos_token)),
+                     pad_token_id=gen.get("pad_token_id", tok.pad_token_id), image_processor=image)
+
+
+def build_tiny(family: str | Family, size: str = "tiny", seed: int = 0, tokenizer: str = "small"):
     """Return ``(model, processor)`` for a random-weight model of ``family`` at ``size``."""
     import torch
     from transformers import GenerationConfig
@@ -66,22 +115,26 @@ def build_tiny(family: str | Family, size: str = "tiny", seed: int = 0):
     fam = get_family(family) if isinstance(family, str) else family
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; valid: {list(MODEL_SIZES)}")
-    tok = train_tokenizer(fam, MODEL_SIZES[size]["vocab"])
-    config, processor = fam.build_tiny(fam, size, tok)
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; valid: {list(TOKENIZERS)}")
+    parts = real_parts(fam) if tokenizer == "real" else small_parts(fam, size)
+    config, processor = fam.build_tiny(fam, size, parts)
     torch.manual_seed(seed)
     model = fam.model_cls()(config)
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                               bos_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(eos_token_id=parts.eos_token_id, pad_token_id=parts.pad_token_id,
+                                               bos_token_id=parts.bos_token_id)
     return model.eval(), processor
 
 
-def save_tiny(family: str, size: str, out: str | Path, seed: int = 0) -> Path:
-    """Build a tiny model and save model + processor to ``out`` (loadable with the Auto classes)."""
+def save_tiny(family: str, size: str, out: str | Path, seed: int = 0, tokenizer: str = "small") -> Path:
+    """Build a tiny model and save model + processor to ``out`` (loadable with the Auto classes).
+
+    ``tokenizer`` ("real" or "small") defaults to ``ModelConfig.tokenizer``'s default, ``svlm run``'s."""
     import torch
 
     from factory.families import REAL_SHAPES
 
-    model, processor = build_tiny(family, size, seed)
+    model, processor = build_tiny(family, size, seed, tokenizer)
     if size in REAL_SHAPES:  # ~1-2B parameters: bf16 halves the write, as real checkpoints ship
         model.to(torch.bfloat16)
     out = Path(out)
