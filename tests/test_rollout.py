@@ -9,15 +9,15 @@ import torch
 from factory.train.rollout import RolloutCopy
 
 
-def _policy(tiny_dirs, family="internvl", nf4=False):
+def _policy(tiny_dirs, family="internvl", nf4=False, modules_to_save=("lm_head",), dtype="float32", **lora):
     from peft import LoraConfig, get_peft_model
 
     from factory.families import get_family
     from factory.models import load_model
 
-    loaded = load_model(tiny_dirs(family), load_in_4bit=nf4, dtype="float32", device="cpu")
+    loaded = load_model(tiny_dirs(family), load_in_4bit=nf4, dtype=dtype, device="cpu")
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=get_family(family).lora_target_modules,
-                     modules_to_save=["lm_head"], init_lora_weights=False)  # random B: a non-zero delta
+                     modules_to_save=list(modules_to_save), init_lora_weights=False, **lora)  # random B: non-zero
     torch.manual_seed(0)
     return get_peft_model(loaded.model, cfg).eval(), loaded.processor
 
@@ -50,10 +50,15 @@ def test_sampled_tokens_have_the_same_logprobs_under_copy_and_policy(tiny_dirs, 
     assert "generate" not in policy.__dict__  # the routing is scoped
 
 
-def test_copy_follows_the_adapter_after_an_optimizer_step(tiny_dirs):
-    policy, processor = _policy(tiny_dirs)
+@pytest.mark.parametrize("modules_to_save", [["lm_head"], ["multi_modal_projector"]])
+def test_copy_follows_the_adapter_after_an_optimizer_step(tiny_dirs, modules_to_save):
+    # multi_modal_projector is a module with children: its trained copy must reach the dense copy too
+    policy, processor = _policy(tiny_dirs, modules_to_save=modules_to_save)
     copy = RolloutCopy(policy)
+    assert not [n for n, p in copy.model.named_parameters() if p.is_meta]
     inputs = _inputs(processor)
+    with torch.no_grad():
+        assert (policy(**inputs).logits - copy.model(**inputs).logits).abs().max() < 1e-4
     policy.train()
     opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0)
     policy(**inputs).logits.float().pow(2).mean().backward()
@@ -107,3 +112,47 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
     train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     # the initial build refreshes (step None), then one refresh per rollout after an optimizer step
     assert refreshes[0] is None and refreshes[1:] == [1, 2]
+
+
+def test_static_cache_stays_on_the_copy(tiny_dirs):
+    policy, _ = _policy(tiny_dirs)
+    before = policy.generation_config.to_dict()
+    copy = RolloutCopy(policy, static_cache=True)
+    assert copy.model.generation_config.cache_implementation == "static"
+    assert policy.generation_config.to_dict() == before  # the training model's generation is untouched
+
+
+@pytest.mark.parametrize("lora", [{"use_dora": True}, {"lora_bias": True}])
+def test_adapters_the_copy_cannot_merge_are_refused(tiny_dirs, lora):
+    from factory.errors import ConfigError
+
+    policy, _ = _policy(tiny_dirs, **lora)
+    with pytest.raises(ConfigError, match="dense rollouts do not support.*rollout: trl"):
+        RolloutCopy(policy)
+
+
+def test_copy_computes_in_the_base_dtype_not_the_fp32_master_weights(tiny_dirs):
+    from factory.train.common import keep_trainable_fp32
+
+    policy, processor = _policy(tiny_dirs, dtype="bfloat16")
+    next(policy.parameters()).requires_grad_(True)  # a fully trained weight that happens to come first
+    keep_trainable_fp32(policy)
+    assert next(p for p in policy.parameters() if p.is_floating_point()).dtype == torch.float32
+    copy = RolloutCopy(policy)
+    assert copy.dtype == torch.bfloat16
+    assert {p.dtype for p in copy.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+
+
+def test_trl_hook_we_override_is_still_there():
+    """``_generate_single_turn`` is private to trl (pinned to 1.16.x in pyproject.toml): the override routes
+    the unwrapped model's ``generate`` and sets trl's ``generation_config``; fail loudly if trl moved them."""
+    import inspect
+
+    import trl
+    from trl import GRPOTrainer
+
+    assert trl.__version__.startswith("1.16.")
+    params = list(inspect.signature(GRPOTrainer._generate_single_turn).parameters)
+    assert params[:5] == ["self", "prompt_ids", "images", "multimodal_fields", "num_generations"]
+    source = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "unwrapped_model.generate(" in source and "generation_config=self.generation_config" in source

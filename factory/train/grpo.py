@@ -63,8 +63,9 @@ def build_grpo_trainer(ctx: StageContext):
     dataset = stage_dataset(ctx)
     trainer_cls = GRPOTrainer
     if dense_rollouts(ctx):
-        from factory.train.rollout import fast_grpo_trainer_class
+        from factory.train.rollout import check_supported, fast_grpo_trainer_class
 
+        check_supported(model)  # before training starts, not at the first rollout
         trainer_cls = fast_grpo_trainer_class()
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda()}
     trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,

@@ -16,6 +16,7 @@ The trainer change is a scoped patch: during trl's own generation step, the unwr
 from __future__ import annotations
 
 import contextlib
+import copy as copy_module
 
 import torch
 
@@ -30,6 +31,59 @@ def _dense_weight(module) -> torch.Tensor:
     return weight
 
 
+def compute_dtype(peft_model) -> torch.dtype:
+    """The dtype the policy's adapted layers compute in: bitsandbytes' compute dtype for a 4-bit base, else
+    the dtype of the dense base weights. Not the first floating parameter, which may be a trainable fp32
+    master weight (``common.keep_trainable_fp32``)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            dtype = getattr(base, "compute_dtype", None) or base.weight.dtype  # Linear4bit has compute_dtype
+            if dtype.is_floating_point:
+                return dtype
+    return next(p.dtype for p in peft_model.parameters() if p.is_floating_point() and not p.requires_grad)
+
+
+def check_supported(peft_model) -> None:
+    """Refuse adapters the copy cannot reproduce: it merges ``B @ A × scaling`` only, so DoRA's magnitude
+    and ``lora_bias`` would be silently dropped and the copy would sample from another policy."""
+    from peft.tuners.lora import LoraLayer
+
+    from factory.errors import ConfigError
+
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            for flag, what in (("use_dora", "DoRA (use_dora)"), ("lora_bias", "lora_bias")):
+                if getattr(module, flag, {}).get(adapter, False):
+                    raise ConfigError(f"dense rollouts do not support {what} adapters ({name}): the rollout copy "
+                                      "merges only B @ A and would sample from another policy; set rollout: trl")
+
+
+def _policy_modules(base) -> dict[str, torch.nn.Module]:
+    """The policy's modules under the names a plain model of its class uses: a LoRA layer under its own name,
+    and the active copy of each ``modules_to_save`` module, children included, under the original's name
+    (its frozen ``original_module`` and inactive copies are left out)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    wrappers = {name: m for name, m in base.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    out: dict[str, torch.nn.Module] = {}
+    for name, module in base.named_modules():
+        if name in wrappers:
+            continue
+        owner = next((w for w in wrappers if name.startswith(w + ".")), None)
+        if owner is not None:
+            active = f"{owner}.modules_to_save.{wrappers[owner].active_adapters[0]}"
+            if name != active and not name.startswith(active + "."):
+                continue
+            name = owner + name[len(active):]
+        out[name] = module
+    return out
+
+
 class RolloutCopy:
     """A dense copy of a PEFT policy (base + merged LoRA), kept in sync with ``refresh``."""
 
@@ -37,14 +91,16 @@ class RolloutCopy:
                  compile: bool = False):
         from peft.tuners.lora import LoraLayer
 
+        check_supported(peft_model)
         base = peft_model.get_base_model()
-        self.dtype = dtype or next(p for p in peft_model.parameters() if p.is_floating_point()).dtype
+        self.dtype = dtype or compute_dtype(peft_model)
         device = next(peft_model.parameters()).device
         config = base.config
         with torch.device("meta"):
             copy = type(base)(config)
         self.lora: dict[str, object] = {}
-        src_modules = dict(base.named_modules())
+        self.trained: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, policy) of fully trained weights
+        src_modules = _policy_modules(base)
         with torch.no_grad():
             for name, module in copy.named_modules():
                 src = src_modules.get(name)
@@ -53,25 +109,30 @@ class RolloutCopy:
                 if isinstance(src, LoraLayer):
                     self.lora[name] = src
                     src = src.base_layer
-                # A frozen, dense source module (vision tower, projector, embeddings, norms) is shared, not
-                # copied: only adapted, quantized or trained weights need a second copy (~1.5 GB saved on 2B).
-                trained = any(p.requires_grad for p in src.parameters())
                 for pname, param in list(module.named_parameters(recurse=False)):
                     source = getattr(src, pname)
                     quantized = source.__class__.__name__ in ("Params4bit", "Int8Params")
-                    if not (trained or quantized or name in self.lora) and source.dtype == self.dtype:
+                    # A frozen, dense source weight (vision tower, projector, embeddings, norms) is shared, not
+                    # copied: only adapted, quantized or trained weights need a second copy (~1.5 GB saved on 2B).
+                    if not (source.requires_grad or quantized or name in self.lora) and source.dtype == self.dtype:
                         module._parameters[pname] = source
-                    else:
-                        value = _dense_weight(src) if quantized else source
-                        module._parameters[pname] = torch.nn.Parameter(
-                            value.detach().to(device=device, dtype=self.dtype).clone(), requires_grad=False)
+                        continue
+                    value = _dense_weight(src) if quantized else source
+                    module._parameters[pname] = torch.nn.Parameter(
+                        value.detach().to(device=device, dtype=self.dtype).clone(), requires_grad=False)
+                    if source.requires_grad:
+                        self.trained.append((module._parameters[pname], source))
                 for bname, buf in list(module.named_buffers(recurse=False)):
                     value = getattr(src, bname, None)
                     if value is None:
                         raise RuntimeError(f"rollout copy: buffer {name}.{bname} has no source")
                     module._buffers[bname] = value
+        left = [n for n, t in [*copy.named_parameters(), *copy.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"rollout copy: no source for {left[:5]} ({len(left)} tensors)")
         copy.eval().requires_grad_(False)
-        copy.generation_config = base.generation_config
+        # Its own generation config: the training model's must not inherit the static cache.
+        copy.generation_config = copy_module.deepcopy(base.generation_config)
         if static_cache:
             copy.generation_config.cache_implementation = "static"
         self.model = copy
@@ -81,7 +142,7 @@ class RolloutCopy:
 
     @torch.no_grad()
     def refresh(self, peft_model, step: int | None = None) -> None:
-        """Write ``dense base + LoRA delta`` of every adapted layer, and every trainable full module
+        """Write ``dense base + LoRA delta`` of every adapted layer, and every fully trained weight
         (``modules_to_save``), into the copy."""
         modules = dict(self.model.named_modules())
         for name, layer in self.lora.items():
@@ -90,12 +151,8 @@ class RolloutCopy:
                 if adapter in layer.lora_A:
                     weight = weight + layer.get_delta_weight(adapter).float()
             modules[name].weight.copy_(weight.to(self.dtype))
-        copy_params = dict(self.model.named_parameters())
-        for name, param in peft_model.get_base_model().named_parameters():
-            if param.requires_grad and "lora_" not in name and ".modules_to_save." in name:
-                target = name.replace(".modules_to_save.default", "")
-                if target in copy_params:
-                    copy_params[target].copy_(param.to(self.dtype))
+        for target, source in self.trained:
+            target.copy_(source.to(self.dtype))
         self.step = step
 
     @contextlib.contextmanager
@@ -124,7 +181,7 @@ def fast_grpo_trainer_class():
         def _generate_single_turn(self, *args, **kwargs):
             policy = extract_model_from_parallel(self.model)
             if getattr(self, "_rollout", None) is None:
-                self._rollout = RolloutCopy(policy, **self.rollout_options)
+                self._rollout = RolloutCopy(policy, dtype=compute_dtype(policy), **self.rollout_options)
                 self._rollout.step = self.state.global_step
                 if self.rollout_options.get("static_cache"):
                     # trl passes its own generation config to generate(); that one must ask for the static
