@@ -42,15 +42,27 @@ def format_reward(completions, **kwargs) -> list[float]:
     return [float(parse_answer(completion_text(c)).well_formed) for c in completions]
 
 
-def accuracy_reward(completions, emotion, **kwargs) -> list[float]:
+#: The prefix of the per-class accuracy reward metrics (``factory.train.plots`` draws them).
+ACCURACY_BY_CLASS = "rewards/accuracy_by_class"
+
+
+def accuracy_reward(completions, emotion, log_metric=None, **kwargs) -> list[float]:
     """1.0 when the parsed answer equals the ground-truth ``emotion``, else 0.0 (format not required).
+
+    With trl's ``log_metric`` callback, each completion's reward is also logged under
+    ``rewards/accuracy_by_class/<emotion>``; trl averages a metric over its logged values, so the curve is
+    the class's mean reward (one class collapsing is invisible in the overall mean).
 
     >>> accuracy_reward(["<think>x</think><answer>Awe</answer>", "<answer>awe</answer>", "awe"],
     ...                 emotion=["awe", "awe", "awe"])
     [1.0, 1.0, 0.0]
     """
-    return [float(parse_answer(completion_text(c)).label == truth) for c, truth in zip(completions, emotion,
-                                                                                           strict=True)]
+    rewards = [float(parse_answer(completion_text(c)).label == truth) for c, truth in zip(completions, emotion,
+                                                                                              strict=True)]
+    if log_metric is not None:
+        for truth, reward in zip(emotion, rewards, strict=True):
+            log_metric(f"{ACCURACY_BY_CLASS}/{truth}", reward)
+    return rewards
 
 
 #: Every reward a stage can name.

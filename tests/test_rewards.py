@@ -3,7 +3,7 @@
 import pytest
 
 from factory.errors import ConfigError
-from factory.rewards import REWARDS, accuracy_reward, format_reward, get_rewards
+from factory.rewards import ACCURACY_BY_CLASS, REWARDS, accuracy_reward, format_reward, get_rewards
 
 ROWS = [
     # completion, truth, format, accuracy
@@ -43,3 +43,13 @@ def test_every_reward_name_resolves_and_unknown_names_are_listed():
     assert [f.__name__ for f in get_rewards(list(REWARDS))] == [f.__name__ for f in REWARDS.values()]
     with pytest.raises(ConfigError, match="valid: \\['accuracy', 'format'\\]"):
         get_rewards(["format", "fromat"])
+
+
+def test_accuracy_reward_logs_each_class_through_trls_callback():
+    logged = []
+    texts = ["<answer>fear</answer>", "<answer>awe</answer>", "<answer>fear</answer>", "no answer"]
+    truth = ["fear", "fear", "awe", "awe"]
+    rewards = accuracy_reward(completions=texts, emotion=truth, log_metric=lambda name, v: logged.append((name, v)))
+    assert rewards == [1.0, 0.0, 0.0, 0.0]
+    assert logged == [(f"{ACCURACY_BY_CLASS}/fear", 1.0), (f"{ACCURACY_BY_CLASS}/fear", 0.0),
+                      (f"{ACCURACY_BY_CLASS}/awe", 0.0), (f"{ACCURACY_BY_CLASS}/awe", 0.0)]

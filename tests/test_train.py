@@ -12,6 +12,7 @@ import torch
 
 from factory import config as config_lib
 from factory.errors import ConfigError
+from factory.prompts import EMOTIONS
 from factory.train import common, grpo, sft
 from factory.train.runner import TrainConfig, plan, train
 from factory.train.stages import STAGE_ORDER, STAGES, StageConfig, resolve_stage, select_stages
@@ -153,6 +154,18 @@ def test_stage_outputs_are_written(trained):
     history = json.loads((cfg.run_dir / "4_clgrpo" / "log_history.json").read_text())
     logged = set().union(*history)
     assert {"clip_ratio/low_mean", "rewards/format_reward/mean", "rewards/accuracy_reward/mean"} <= logged
+
+
+def test_grpo_curves_show_accuracy_reward_per_class_and_entropy(trained):
+    from factory.rewards import ACCURACY_BY_CLASS
+    from factory.train.plots import stage_panels
+
+    for name in ("3_grpo_accuracy", "4_clgrpo"):
+        history = json.loads((trained.cfg.run_dir / name / "log_history.json").read_text())
+        by_class = {k for row in history for k in row if k.startswith(ACCURACY_BY_CLASS + "/")}
+        assert by_class and {k.rsplit("/", 1)[1] for k in by_class} <= set(EMOTIONS)
+        panels = dict(stage_panels(history))
+        assert set(panels["accuracy reward by class"]) == by_class and panels["entropy (mean per token)"]
 
 
 def test_clip_low_stage_scores_with_old_logprobs_and_clips(trained):

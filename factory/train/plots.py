@@ -1,4 +1,5 @@
-"""Training curves: one PNG per stage (loss, rewards, clip ratios, format rate, …) and a per-stage summary.
+"""Training curves: one PNG per stage (loss, rewards, per-class accuracy reward, clip ratios, entropy, format
+rate, …) and a per-stage summary.
 
 Panels are drawn only for the metrics a stage logged, so the same function serves SFT and GRPO stages.
 """
@@ -7,13 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: (panel title, trl log keys drawn in it)
+from factory.rewards import ACCURACY_BY_CLASS
+
+#: (panel title, trl log keys drawn in it); a key ending in ``/*`` stands for every logged key under it
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("loss",)),
     ("token accuracy (SFT)", ("mean_token_accuracy",)),
     ("rewards", ("reward", "rewards/format_reward/mean", "rewards/accuracy_reward/mean")),
     ("format rate (format reward mean)", ("rewards/format_reward/mean",)),
+    # one class collapsing (recall 0 %) hides in the overall accuracy reward
+    ("accuracy reward by class", (f"{ACCURACY_BY_CLASS}/*",)),
     ("clip ratios", ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")),
+    ("entropy (mean per token)", ("entropy",)),
     ("completion length", ("completions/mean_length",)),
     ("learning rate", ("learning_rate",)),
 )
@@ -28,6 +34,19 @@ def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def stage_panels(history: list[dict]) -> list[tuple[str, list[str]]]:
+    """The panels with data in ``history``, each with the keys it draws."""
+    logged = sorted(set().union(*history)) if history else []
+    panels = []
+    for title, keys in PANELS:
+        expanded = [k for key in keys
+                    for k in ([n for n in logged if n.startswith(key[:-1])] if key.endswith("/*") else [key])]
+        expanded = [k for k in expanded if _series(history, k)[0]]
+        if expanded:
+            panels.append((title, expanded))
+    return panels
+
+
 def plot_stage(history: list[dict], out: str | Path, title: str) -> Path | None:
     """Draw the panels that have data; returns the PNG path (None when nothing was logged)."""
     import matplotlib
@@ -35,8 +54,7 @@ def plot_stage(history: list[dict], out: str | Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(t, [k for k in keys if _series(history, k)[0]]) for t, keys in PANELS]
-    panels = [(t, keys) for t, keys in panels if keys]
+    panels = stage_panels(history)
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -44,7 +62,8 @@ def plot_stage(history: list[dict], out: str | Path, title: str) -> Path | None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, (panel, keys) in zip(axes.flat, panels):
         for key in keys:
-            ax.plot(*_series(history, key), marker=".", label=key.replace("rewards/", "").replace("/mean", ""))
+            label = key.replace(f"{ACCURACY_BY_CLASS}/", "").replace("rewards/", "").replace("/mean", "")
+            ax.plot(*_series(history, key), marker=".", label=label)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("step")
         if len(keys) > 1:

@@ -5,7 +5,7 @@ Layout of one run::
     runs/<name>/<stage>/adapter/          LoRA adapter (what the next stage and the exporter load)
                         checkpoints/      trainer checkpoints (resume points), the last 2 kept
                         tensorboard/      event files: tensorboard --logdir runs/<name>
-                        curves.png        loss, rewards, clip ratios, format rate
+                        curves.png        loss, rewards (also per class), clip ratios, entropy, format rate
                         eval.json         format rate, accuracy, macro recall, truncation rate on the held-out split
                         predictions.jsonl every evaluated completion
                         svlm_config.yaml  the resolved run config; stage.yaml the resolved stage
