@@ -6,7 +6,9 @@ A model spec is a path:
 * a plain checkpoint folder (``config.json``): PyTorch fp32, eager.
 
 Both kinds answer the stage's question greedily and report per-image timings: preprocessing, vision
-encoding, time to first token (image in → first token) and decode time.
+encoding, time to first token (image in → first token) and decode time. Both score the answer's per-label
+probabilities with the one plan of ``export.answer`` (the runtime with its KV cache, ``TorchModel`` with a
+batched forward pass).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class OnnxModel:
         self.size_bytes = m["size_bytes"]
 
     def answer(self, image, max_new_tokens: int) -> Answer:
-        g = self.package.generate(image, max_new_tokens=max_new_tokens)
+        g = self.package.generate(image, max_new_tokens=max_new_tokens, label_probs=False)
         return Answer(g.text, len(g.token_ids) + (g.stopped == "eos"), g.preprocess_s, g.vision_s, g.ttft_s,
                       g.decode_s)
 
@@ -92,6 +94,48 @@ class TorchModel:
         from factory.prompts import render_prompt
 
         self.prompt = render_prompt(self.processor, self.style)
+
+    def completion_ids(self, sequence, prompt_len: int) -> list[int]:
+        """The generated ids of one ``generate`` row, up to (without) its first end-of-sequence token."""
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        out = []
+        for t in sequence[prompt_len:].tolist():
+            if t in eos:
+                break
+            out.append(t)
+        return out
+
+    def label_probs(self, image, generated: list[int]) -> tuple[dict[str, float], bool]:
+        """Per-label probabilities of the answer after ``generated`` (``export.answer``) and whether they were
+        forced, from one batched forward pass over the prompt, the kept context and each label's tokens."""
+        import torch
+
+        from export.answer import label_probabilities, plan_label_scoring
+        from factory.prompts import EMOTIONS
+
+        tok = self.processor.tokenizer
+        plan = plan_label_scoring(generated, lambda text: tok.encode(text, add_special_tokens=False),
+                                  lambda ids: tok.decode(list(ids), skip_special_tokens=True), EMOTIONS, self.style)
+        batch = len(plan.labels)
+        inputs = self.processor(images=[[image]] * batch, text=[self.prompt] * batch, return_tensors="pt")
+        context = [*generated[:plan.kept], *plan.bridge]
+        rows = [context + ids for ids in plan.labels.values()]
+        width = max(map(len, rows))
+        ids = torch.full((batch, width), tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=inputs["attention_mask"].dtype)
+        for b, row in enumerate(rows):  # right padding: a padded tail cannot reach the real tokens
+            ids[b, :len(row)] = torch.tensor(row)
+            mask[b, :len(row)] = 1
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], 1)
+        keep = width - len(context) + 1  # the logits from the last context token on
+        with torch.no_grad():
+            logits = self.model(**inputs, logits_to_keep=keep).logits.double()
+        logp = torch.log_softmax(logits, -1)
+        sums = {label: float(logp[b, torch.arange(len(target)), torch.tensor(target)].sum())
+                for b, (label, target) in enumerate(plan.labels.items())}
+        return label_probabilities(sums), plan.forced
 
     def answer(self, image, max_new_tokens: int) -> Answer:
         import torch

@@ -5,8 +5,9 @@
 
 Pick an example or upload an image, choose a model variant (every ONNX package and trained stage found
 under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a label with a
-per-emotion probability chart (the distribution of the answer token), next to time to first token,
-tokens/s and the model's size. ONNX variants run on ``export.runtime`` and never import torch; PyTorch
+per-emotion probability chart (each label scored as a whole token sequence after the model's ``<answer>``,
+``export.answer``; marked "forced" when the model gave no valid answer and the labels were scored after its
+reasoning), next to time to first token, tokens/s and the model's size. ONNX variants run on ``export.runtime`` and never import torch; PyTorch
 stage outputs load torch only when chosen. Bad input (not an image, over 64 MP, nothing uploaded) is
 refused with a visible message.
 """
@@ -92,7 +93,8 @@ def stream(model, image_path: str, max_new_tokens: int = 160):
         try:
             if hasattr(model, "manifest"):
                 g = model.generate(image, max_new_tokens=max_new_tokens, on_text=chunks.put)
-                box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs, "ttft_s": g.ttft_s,
+                box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs,
+                                 "forced": g.label_probs_forced, "ttft_s": g.ttft_s,
                                  "tokens_per_s": g.tokens_per_s, "tokens": len(g.token_ids)}
             else:
                 box["result"] = _torch_generate(model, image, max_new_tokens, chunks.put)
@@ -112,7 +114,7 @@ def stream(model, image_path: str, max_new_tokens: int = 160):
 
 
 def _torch_generate(model, image, max_new_tokens: int, on_text) -> dict:
-    """Greedy generation of a PyTorch variant with a text streamer and the answer-token distribution."""
+    """Greedy generation of a PyTorch variant with a text streamer, then the per-label answer probabilities."""
     import torch
     from transformers import TextIteratorStreamer
 
@@ -127,7 +129,7 @@ def _torch_generate(model, image, max_new_tokens: int, on_text) -> dict:
     def run():
         with torch.no_grad():
             out["gen"] = model.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                              streamer=streamer, output_scores=True, return_dict_in_generate=True)
+                                              streamer=streamer)
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -138,18 +140,12 @@ def _torch_generate(model, image, max_new_tokens: int, on_text) -> dict:
         on_text(piece)
     worker.join()
     end = time.perf_counter()
-    gen = out["gen"]
-    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    probs = {}
-    answer_id = tok.convert_tokens_to_ids("<answer>")
-    if answer_id in new and new.index(answer_id) + 1 < len(gen.scores):
-        scores = torch.softmax(gen.scores[new.index(answer_id) + 1][0].float(), -1)
-        first_ids = {lab: tok.encode(lab, add_special_tokens=False)[0] for lab in EMOTIONS}
-        total = float(sum(scores[i] for i in first_ids.values())) or 1.0
-        probs = {lab: float(scores[i]) / total for lab, i in first_ids.items()}
+    new = model.completion_ids(out["gen"][0], inputs["input_ids"].shape[1])
+    probs, forced = model.label_probs(image, new)
     first = first or end
-    return {"text": text, "label": parse_answer(text).label, "probs": probs, "ttft_s": first - t0,
-            "tokens_per_s": (len(new) - 1) / (end - first) if end > first else 0.0, "tokens": len(new)}
+    return {"text": text, "label": parse_answer(text).label, "probs": probs, "forced": forced,
+            "ttft_s": first - t0, "tokens_per_s": (len(new) - 1) / (end - first) if end > first else 0.0,
+            "tokens": len(new)}
 
 
 def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir: str | Path | None = None):
@@ -186,6 +182,8 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
                 else:
                     label = value["label"] or "no valid answer"
                     probs = value["probs"] or ({value["label"]: 1.0} if value["label"] else {})
+                    if value.get("forced"):
+                        label += " (probabilities forced after the reasoning)"
                     stats = (f"**{label}** · time to first token {value['ttft_s'] * 1e3:.0f} ms · "
                              f"{value['tokens_per_s']:.0f} tokens/s · {value['tokens']} tokens · "
                              f"model {_size_mb(mdl):.1f} MB")

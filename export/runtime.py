@@ -5,11 +5,14 @@ tokenizers and Pillow only (no torch, no transformers; a test enforces it).
     pkg = Package("runs/default/export/int8")
     result = pkg.generate("photo.jpg", on_text=print)      # streams text deltas
     result.label, result.text, result.ttft_s, result.tokens_per_s
+    result.label_probs, result.label_probs_forced          # per-label probabilities of the answer
 
 The prompt is the package's stored token ids (the question with the image placeholders already expanded by
 the family's processor at export), so the runtime needs no chat-template engine. Image features replace the
-embeddings of the image-context tokens, then one decoder graph runs prefill (past length 0) and each decode
-step with its KV cache.
+embeddings of the image placeholder tokens, then one decoder graph runs prefill (past length 0) and each
+decode step with its KV cache. After generation every label is scored as a whole token sequence after the
+model's ``<answer>`` (``export.answer``): the cache is cut back to the shared context and the labels'
+continuations run as one batch.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ class Generation:
     preprocess_s: float = 0.0
     vision_s: float = 0.0
     stopped: str = "eos"  # eos | length
-    label_probs: dict[str, float] = field(default_factory=dict)
+    label_probs: dict[str, float] = field(default_factory=dict)  # every label, summing to 1
+    label_probs_forced: bool = False  # no valid answer: scored after the reasoning + "</think><answer>"
+    label_s: float = 0.0  # time spent scoring the labels (after decoding; not in ttft or decode)
 
     @property
     def tokens_per_s(self) -> float:
@@ -105,7 +110,7 @@ class Package:
         self.dims = self.manifest["text"]
         self.past_names = [i.name for i in self.decoder.get_inputs()][3:]
         self.labels = self.manifest["labels"]
-        self._label_ids = {lab: self.tokenizer.encode(lab, add_special_tokens=False).ids for lab in self.labels}
+        self.style = self.manifest["source"].get("question_style", "cot")  # the question it answers
 
     @property
     def name(self) -> str:
@@ -135,8 +140,9 @@ class Package:
 
     def generate(self, image=None, *, pixel_values: np.ndarray | None = None, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
-        """Greedy (temperature 0) or sampled generation for one image; ``on_text`` receives text deltas."""
+                 on_text: Callable[[str], None] | None = None, label_probs: bool = True) -> Generation:
+        """Greedy (temperature 0) or sampled generation for one image; ``on_text`` receives text deltas.
+        ``label_probs=False`` skips scoring the labels after generation (benchmarks, export validation)."""
         from factory.prompts import parse_answer
 
         t0 = time.perf_counter()
@@ -149,12 +155,8 @@ class Package:
         rng = np.random.default_rng(seed)
         out_ids: list[int] = []
         text, stopped, first_at = "", "length", None
-        label_probs: dict[str, float] = {}
-        after_answer_tag = self.tokenizer.token_to_id("<answer>")
         for step in range(max_new_tokens):
             last = logits[0, -1].astype(np.float64)
-            if out_ids and out_ids[-1] == after_answer_tag and not label_probs:
-                label_probs = self._label_distribution(last)
             token = self._pick(last, temperature, top_p, rng)
             if first_at is None:
                 first_at = time.perf_counter()
@@ -172,9 +174,11 @@ class Package:
         end = time.perf_counter()
         parsed = parse_answer(text)
         first_at = first_at or end
+        probs, forced = self.score_labels(out_ids, past) if label_probs else ({}, False)  # past: prompt + out_ids
         return Generation(text=text, token_ids=out_ids, label=parsed.label, well_formed=parsed.well_formed,
                           ttft_s=first_at - t0, decode_s=end - first_at, preprocess_s=t_pre - t0,
-                          vision_s=t_vis - t_pre, stopped=stopped, label_probs=label_probs)
+                          vision_s=t_vis - t_pre, stopped=stopped, label_probs=probs,
+                          label_probs_forced=forced, label_s=time.perf_counter() - end)
 
     @staticmethod
     def _pick(logits: np.ndarray, temperature: float, top_p: float, rng) -> int:
@@ -188,9 +192,44 @@ class Package:
         p_kept = p[order][keep]
         return int(rng.choice(order[keep], p=p_kept / p_kept.sum()))
 
-    def _label_distribution(self, logits: np.ndarray) -> dict[str, float]:
-        """Probability of each label's first token right after ``<answer>``, renormalised over the labels."""
-        z = np.exp(logits - logits.max())
-        scores = {lab: float(z[ids[0]]) for lab, ids in self._label_ids.items() if ids}
-        total = sum(scores.values()) or 1.0
-        return {lab: s / total for lab, s in scores.items()}
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def score_labels(self, token_ids: list[int], past: list[np.ndarray]) -> tuple[dict[str, float], bool]:
+        """Per-label probabilities of the answer after the generated ``token_ids`` (``export.answer``), and
+        whether they were forced. ``past`` is the KV cache of the prompt followed by every one of ``token_ids``."""
+        from export.answer import label_probabilities, plan_label_scoring
+
+        plan = plan_label_scoring(token_ids, self.encode, self.decode, self.labels, self.style)
+        context = [*self.prompt_ids.tolist(), *token_ids[:plan.kept], *plan.bridge]
+        # Cache every context token but the last, which is fed again with each label so that its logits
+        # score the label's first token.
+        cached = len(self.prompt_ids) + plan.kept - (not plan.bridge)
+        past = [p[:, :, :cached] for p in past]
+        if len(plan.bridge) > 1:
+            feed = np.asarray([plan.bridge[:-1]], np.int64)
+            n = feed.shape[1]
+            _, past = self._decode(self.embed.run(None, {"input_ids": feed})[0], np.ones((1, cached + n), np.int64),
+                                   np.arange(cached, cached + n, dtype=np.int64)[None], past)
+            cached += n
+        rows = [[context[-1], *ids[:-1]] for ids in plan.labels.values()]
+        width, batch = max(map(len, rows)), len(rows)
+        ids = np.zeros((batch, width), np.int64)
+        mask = np.zeros((batch, cached + width), np.int64)
+        mask[:, :cached] = 1
+        for b, row in enumerate(rows):  # right padding: a padded tail cannot reach the real tokens
+            ids[b, :len(row)] = row
+            mask[b, cached:cached + len(row)] = 1
+        positions = np.broadcast_to(np.arange(cached, cached + width, dtype=np.int64), (batch, width))
+        logits, _ = self._decode(self.embed.run(None, {"input_ids": ids})[0], mask, np.ascontiguousarray(positions),
+                                 [np.repeat(p, batch, axis=0) for p in past])
+        sums = {}
+        for b, (label, target) in enumerate(plan.labels.items()):
+            z = logits[b, :len(target)].astype(np.float64)
+            z = z - z.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            sums[label] = float(logp[np.arange(len(target)), target].sum())
+        return label_probabilities(sums), plan.forced
