@@ -123,16 +123,6 @@ def _probe_inputs(processor, n: int = 2):
     return processor(images=images, text=[prompt] * n, return_tensors="pt", padding=True)
 
 
-def image_spec(family, processor) -> dict:
-    """The manifest's preprocessing parameters (read from the processor, not hard-coded)."""
-    ip = processor.image_processor
-    if family.name != "internvl":  # the runtime ports one preprocessing; others are refused clearly
-        return {"kind": f"{family.name}_unported"}
-    return {"kind": "resize_normalize", "height": ip.size.height, "width": ip.size.width,
-            "resample": int(ip.resample), "rescale_factor": float(ip.rescale_factor),
-            "mean": [float(x) for x in ip.image_mean], "std": [float(x) for x in ip.image_std]}
-
-
 def prompt_ids(processor, image, style: str = "cot") -> list[int]:
     """The question with the image placeholders expanded, as the family's processor does it."""
     from factory.prompts import render_prompt
@@ -194,7 +184,7 @@ def _compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
         feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
         logits, _ = package.prefill(feats)
         gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
-        gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens)
+        gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens, label_probs=False)
         want = []
         for t in ref["tokens"]:  # up to the first end-of-sequence token, as the runtime stops there
             if t in package.eos_ids:
@@ -252,16 +242,26 @@ def _files(pkg: Path) -> dict:
             and f.name != MANIFEST}
 
 
+def token_ids(model, family, tokenizer) -> dict:
+    """The manifest's token ids: the image placeholder (the registry's token, checked against the model) and
+    every end-of-sequence id the model's generation config stops on, plus the family's end-of-turn token."""
+    image = family.image_token_id(tokenizer)
+    if image != model.config.image_token_id:
+        raise ExportError(f"the tokenizer's {family.image_token} is {image}, the model's image_token_id "
+                          f"{model.config.image_token_id}")
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.convert_tokens_to_ids(family.eos_token)}
+    return {"image_token_id": image, "eos_token_ids": sorted(int(e) for e in eos if e is not None),
+            "pad_token_id": tokenizer.pad_token_id}
+
+
 def _write_package(pkg: Path, quant: str, block_size: int, family, processor, dims: dict, spec: dict,
-                   ids: list[int], provenance: dict, validation: dict, merge_gap: float) -> dict:
+                   ids: list[int], tokens: dict, provenance: dict, validation: dict, merge_gap: float) -> dict:
     """Tokenizer, manifest and model card next to the graphs."""
     from factory.prompts import EMOTIONS, question
 
     tok = processor.tokenizer
     tok.backend_tokenizer.save(str(pkg / "tokenizer.json"))
-    eos = {tok.eos_token_id, tok.convert_tokens_to_ids(family.eos_token)}
-    image_token_id = getattr(processor, "image_token_id", None) or tok.convert_tokens_to_ids(
-        getattr(processor, "image_token", None) or "<IMG_CONTEXT>")
     manifest = {
         "format_version": FORMAT_VERSION,
         "family": family.name,
@@ -269,8 +269,7 @@ def _write_package(pkg: Path, quant: str, block_size: int, family, processor, di
         "tokenizer": "tokenizer.json",
         "text": dims,
         "image": spec,
-        "tokens": {"image_token_id": int(image_token_id), "eos_token_ids": sorted(int(e) for e in eos if e is not None),
-                   "pad_token_id": tok.pad_token_id},
+        "tokens": tokens,
         "prompt": {"question": question(provenance.get("question_style", "cot")), "input_ids": ids},
         "chat_template": processor.chat_template,
         "labels": list(EMOTIONS),
@@ -359,8 +358,9 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
     images = _validation_images(cfg, cfg.validate_images)
     style = provenance.get("question_style", "cot")
     refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
-    spec = image_spec(family, processor)
+    spec = family.image_spec(processor)
     ids = prompt_ids(processor, images[0], style)
+    tokens = token_ids(model, family, processor.tokenizer)
     fp32 = tmp / "fp32"
     _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
     import torch
@@ -372,7 +372,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         pkg = tmp / quant
         if quant != "fp32":
             _quantize(fp32, pkg, quant, cfg.block_size)
-        _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, provenance,
+        _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, tokens, provenance,
                        {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
                         "label_agreement": 0.0}, merge_gap)
         validation = _compare(Package(pkg), refs, cfg.max_new_tokens)
@@ -382,7 +382,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
                     f"fp32 ONNX does not match PyTorch: max |Δlogits| {validation['max_abs_logit_diff']:.2e} "
                     f"(tolerance {family.onnx.tolerance:g}), identical greedy tokens on "
                     f"{validation['greedy_tokens_identical']:.0%} of {validation['images']} images")
-        manifests[quant] = _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids,
+        manifests[quant] = _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, tokens,
                                           provenance, validation, merge_gap)
         m = manifests[quant]
         _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "

@@ -1,9 +1,10 @@
-"""Image preprocessing in numpy + Pillow, per family, driven by the package manifest.
+"""Image preprocessing in numpy + Pillow, driven by the package manifest (the registry writes the spec).
 
 Mirrors the transformers processors' PIL backend (``*ImageProcessorPil``) for the single-image policy the
 registry sets (no tiling, no splitting): convert to RGB, resize, rescale, normalize, channels first.
-Tested equal to the HF PIL processor; the default torchvision processor resizes with a slightly
-different bicubic kernel (tests bound that gap too).
+``resize_normalize`` is InternVL's (GotOcr2), ``longest_edge_square`` SmolVLM's. Tested equal to the HF PIL
+processors; the default torchvision processors resize with slightly different kernels (tests bound that
+gap too).
 """
 
 from __future__ import annotations
@@ -30,16 +31,51 @@ def load_image(source) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_normalize(img: Image.Image, spec: dict) -> np.ndarray:
-    """InternVL (GotOcr2 PIL processor, one tile): resize to height x width, rescale, normalize."""
-    img = img.resize((spec["width"], spec["height"]), resample=Image.Resampling(spec["resample"]))
+def _normalize(img: Image.Image, spec: dict) -> np.ndarray:
     arr = np.asarray(img, dtype=np.float32) * np.float32(spec["rescale_factor"])
     arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
     return arr.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+def resize_normalize(img: Image.Image, spec: dict) -> np.ndarray:
+    """InternVL (GotOcr2 PIL processor, one tile): resize to height x width, rescale, normalize."""
+    img = img.resize((spec["width"], spec["height"]), resample=Image.Resampling(spec["resample"]))
+    return _normalize(img, spec)
+
+
+MAX_SIDE = 4096  # SmolVLM's absolute cap on the first resize (transformers' MAX_IMAGE_SIZE)
+
+
+def _longest_edge_size(width: int, height: int, longest: int) -> tuple[int, int]:
+    """SmolVLM's first resize target: the longest edge to ``longest`` (the other side even), kept ≤ 4096."""
+    aspect = width / height
+    if width >= height:
+        width, height = longest, int(longest / aspect)
+        height += height % 2
+    else:
+        height, width = longest, int(longest * aspect)
+        width += width % 2
+    height, width = max(height, 1), max(width, 1)
+    aspect = width / height
+    if width >= height and width > MAX_SIDE:
+        width, height = MAX_SIDE, int(MAX_SIDE / aspect)
+    elif height > width and height > MAX_SIDE:
+        height, width = MAX_SIDE, int(MAX_SIDE * aspect)
+    return max(width, 1), max(height, 1)
+
+
+def longest_edge_square(img: Image.Image, spec: dict) -> np.ndarray:
+    """SmolVLM (PIL processor, no splitting): longest edge to ``longest_edge`` keeping the aspect ratio, then
+    a ``side`` x ``side`` square (the vision encoder's input), rescale, normalize. Both resizes go through
+    8-bit PIL images, as the HF PIL processor does."""
+    resample = Image.Resampling(spec["resample"])
+    img = img.resize(_longest_edge_size(img.width, img.height, spec["longest_edge"]), resample=resample)
+    img = img.resize((spec["side"], spec["side"]), resample=resample)
+    return _normalize(img, spec)
+
+
 #: manifest["image"]["kind"] -> function(PIL image, spec) -> pixel_values [1, 3, H, W]
-PREPROCESSORS = {"resize_normalize": resize_normalize}
+PREPROCESSORS = {"resize_normalize": resize_normalize, "longest_edge_square": longest_edge_square}
 
 
 def preprocess(source, spec: dict) -> np.ndarray:
