@@ -38,6 +38,21 @@ class Answer:
         return (self.tokens - 1) / self.decode_s if self.decode_s > 0 and self.tokens > 1 else 0.0
 
 
+def append_tokens(inputs, ids, mask):
+    """Processor outputs with ``ids`` [batch, n] appended to every sequence (``mask`` [batch, n] for them in the
+    attention mask). Other per-token outputs (Qwen2-VL's ``mm_token_type_ids``: M-RoPE reads it) get zeros:
+    appended text is text."""
+    import torch
+
+    length = inputs["input_ids"].shape
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.shape == length:
+            extra = {"input_ids": ids, "attention_mask": mask.to(value.dtype)}.get(key, torch.zeros_like(ids))
+            out[key] = torch.cat([value, extra.to(value.dtype)], 1)
+    return out
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -123,15 +138,13 @@ class TorchModel:
         rows = [context + ids for ids in plan.labels.values()]
         width = max(map(len, rows))
         ids = torch.full((batch, width), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=inputs["attention_mask"].dtype)
+        mask = torch.zeros((batch, width), dtype=torch.long)
         for b, row in enumerate(rows):  # right padding: a padded tail cannot reach the real tokens
             ids[b, :len(row)] = torch.tensor(row)
             mask[b, :len(row)] = 1
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
-        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], 1)
         keep = width - len(context) + 1  # the logits from the last context token on
         with torch.no_grad():
-            logits = self.model(**inputs, logits_to_keep=keep).logits.double()
+            logits = self.model(**append_tokens(inputs, ids, mask), logits_to_keep=keep).logits.double()
         logp = torch.log_softmax(logits, -1)
         sums = {label: float(logp[b, torch.arange(len(target)), torch.tensor(target)].sum())
                 for b, (label, target) in enumerate(plan.labels.items())}
