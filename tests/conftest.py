@@ -1,4 +1,8 @@
-"""Shared fixtures: a small synthetic EmoSet and one saved tiny model per family (built once per session)."""
+"""Shared fixtures: a small synthetic EmoSet and one saved tiny model per family (built once per session).
+
+The tiny models carry their family's real tokenizer, chat template and processor settings (151k tokens for
+InternVL and Qwen2-VL), so every test runs the real-tokenizer path; only the layer sizes are small.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +25,32 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    """family name -> directory of a saved tiny model (lazily built)."""
+    """family name -> directory of a saved tiny model with the family's real tokenizer (lazily built)."""
     from factory.tiny import save_tiny
 
     cache: dict[str, object] = {}
 
     def get(family: str):
         if family not in cache:
-            cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}"))
+            cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}"), tokenizer="real")
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_processors(tiny_dirs):
+    """family name -> the tiny model's processor as load_model gives it (loaded once; do not modify it)."""
+    from transformers import AutoProcessor
+
+    from factory.families import get_family
+
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = AutoProcessor.from_pretrained(tiny_dirs(family))
+            get_family(family).apply_image_policy(cache[family])
         return cache[family]
 
     return get
@@ -44,18 +66,78 @@ def cot_dir(synth_root, tmp_path_factory):
     return out
 
 
+def train_label_adapter(base: str, data_root, out, steps: int = 120, seed: int = 0):
+    """LoRA (r16) + a trained output layer for label-only answers, with a plain loop that scores only the
+    answer tokens (``logits_to_keep``). trl's SFTTrainer scores every position against the 151k-token head,
+    ~5 s a step for this batch on a 2-core CPU (~10 s when shared), this loop ~0.5 s; it learns the same
+    rows: the chat template's assistant turn, tokenized alone as trl does."""
+    import random
+
+    import torch
+    from PIL import Image
+    from peft import LoraConfig, get_peft_model
+
+    from benchmarks.models import append_tokens
+    from factory.cot.datasets import label_rows
+    from factory.data.emoset import read_split
+    from factory.models import load_model
+    from factory.prompts import render_prompt
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    loaded = load_model(base, dtype="float32", device="cpu")
+    processor, tok = loaded.processor, loaded.processor.tokenizer
+    model = get_peft_model(loaded.model, LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=loaded.family.lora_target_modules,
+        modules_to_save=["lm_head"], task_type="CAUSAL_LM"))
+    prompt = render_prompt(processor, "label")
+    rows = []
+    for row in label_rows(read_split(data_root, "train", check_images="none").records):
+        answer = processor.apply_chat_template(row["prompt"] + row["completion"])[len(prompt):]
+        inputs = processor(images=[[Image.open(row["image"]).convert("RGB")]], text=[prompt], return_tensors="pt")
+        rows.append((inputs, tok(answer, add_special_tokens=False).input_ids))
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    # a random 151k-row output layer has everything to learn: it takes a higher rate than the LoRA weights
+    opt = torch.optim.AdamW([{"params": lora, "lr": 4e-3}, {"params": head, "lr": 1e-2}], weight_decay=0.0,
+                            fused=True)  # 10x faster than the default on the 151k-row head
+    base_lr = [g["lr"] for g in opt.param_groups]
+    model.train()
+    for step in range(steps):
+        for group, lr in zip(opt.param_groups, base_lr):
+            group["lr"] = lr * min(1.0, (step + 1) / 10)  # 10 warm-up steps
+        batch = rng.sample(rows, 8)
+        width = max(len(ids) for _, ids in batch)
+        answer = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        for i, (_, ids) in enumerate(batch):
+            answer[i, :len(ids)] = labels[i, :len(ids)] = torch.tensor(ids)
+        inputs = {key: torch.cat([x[key] for x, _ in batch]) for key in batch[0][0]}
+        inputs = append_tokens(inputs, answer, (labels != -100).long())
+        logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    return loss.item()
+
+
 @pytest.fixture(scope="session")
-def baseline_run(tmp_path_factory, synth_root):
-    """A tiny InternVL whose label-only baseline answers <answer>label</answer> (trained in ~3 s)."""
+def baseline_run(tmp_path_factory, synth_root, tiny_dirs):
+    """A tiny real-tokenizer InternVL whose label-only baseline answers <answer>label</answer>, peaked and
+    image-dependent on its training images (an answer's tokens: <, answer, >, am, usement, </, answer, >).
+
+    The adapter comes from ``train_label_adapter``; ``svlm train`` then finds it, evaluates it and writes the
+    stage like any other (its "adapter trained, not evaluated" path). The stage runners are tested on their
+    own in test_train.py."""
     from factory import config as config_lib
     from factory.train.runner import TrainConfig, train
 
     cfg = config_lib.build(TrainConfig, {
         "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "b", "data": str(synth_root),
-        "model": {"size": "tiny"}, "eval": {"limit": 4, "max_new_tokens": 8},
-        "train": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},
-                  "stages": {"0_baseline": {"max_steps": 60, "learning_rate": 1e-2, "grad_accum": 1,
-                                            "save_steps": 1000}}}})
+        "model": {"source": str(tiny_dirs("internvl"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
+    train_label_adapter(str(tiny_dirs("internvl")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
     train(cfg, ["0_baseline"], progress=False)
     return cfg.run_dir
 

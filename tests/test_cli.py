@@ -70,7 +70,7 @@ def test_model_tiny_refuses_non_empty_folder(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "x"
 
 
-def test_model_tiny_loads_through_auto_classes(tmp_path):
+def test_model_tiny_loads_through_auto_classes(tmp_path, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     assert main(["model", "tiny", "--family", "smolvlm", "--out", str(tmp_path / "m")]) == 0
@@ -78,6 +78,14 @@ def test_model_tiny_loads_through_auto_classes(tmp_path):
     processor = AutoProcessor.from_pretrained(tmp_path / "m")
     assert type(model).__name__ == "SmolVLMForConditionalGeneration"
     assert type(processor).__name__ == "SmolVLMProcessor"
+    # the default is the real tokenizer: SmolVLM-256M's 49,280 tokens, and its vocabulary in the model
+    assert len(processor.tokenizer) == model.config.text_config.vocab_size == 49280
+    assert "real tokenizer (49280 tokens" in capsys.readouterr().out
+    assert main(["model", "tiny", "--family", "smolvlm", "--tokenizer", "small", "--out", str(tmp_path / "s")]) == 0
+    assert len(AutoProcessor.from_pretrained(tmp_path / "s").tokenizer) < 2000
+    with pytest.raises(SystemExit):  # argparse: an invalid choice
+        main(["model", "tiny", "--tokenizer", "big", "--out", str(tmp_path / "b")])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_run_on_a_tiny_setting_writes_summary_and_config(tmp_path, capsys):

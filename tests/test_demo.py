@@ -55,7 +55,25 @@ def test_client_round_trip_answers_with_an_emotion(served, synth_root):
     reasoning, label, stats = client.predict(handle_file(str(image)), _default_choice(app), api_name="/analyze")
     assert reasoning.strip()
     assert label["label"] in EMOTIONS
+    assert {c["label"] for c in label["confidences"]} == set(EMOTIONS)  # every label scored in context
     assert "tokens/s" in stats and "MB" in stats
+
+
+def test_pytorch_variant_streams_and_scores_every_label(baseline_run, synth_root):
+    """The demo's PyTorch path (a trained stage): streamed text, the greedy label, and per-label probabilities
+    from the same scoring as the ONNX runtime, forced when the answer is cut off."""
+    from demo.app import Models, stream
+
+    model = Models().get(str(baseline_run / "0_baseline"))
+    image = str(next((synth_root / "image").rglob("*.jpg")))
+    events = list(stream(model, image, max_new_tokens=12))
+    kind, result = events[-1]
+    assert kind == "done" and events[0][0] == "text" and events[-2][1] == result["text"]
+    assert result["label"] in EMOTIONS and not result["forced"]
+    assert abs(sum(result["probs"].values()) - 1) < 1e-6 and max(result["probs"], key=result["probs"].get) == \
+        result["label"]
+    cut = list(stream(model, image, max_new_tokens=2))[-1][1]
+    assert cut["label"] is None and cut["forced"] and set(cut["probs"]) == set(EMOTIONS)
 
 
 def _default_choice(app) -> str:

@@ -23,15 +23,16 @@ def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
 
     from export.build import _probe_inputs, merge
     from factory.models import load_model
+    from factory.train.common import stage_source
 
-    base = load_model(baseline_run / "base_model", dtype="float32", device="cpu")
-    adapted = PeftModel.from_pretrained(base.model, str(baseline_run / "0_baseline" / "adapter")).eval()
-    merged, processor, _, gap = merge(str(baseline_run / "base_model"), baseline_run / "0_baseline" / "adapter",
-                                      tmp_path / "m")
+    base_path, adapter, _ = stage_source(baseline_run / "0_baseline")
+    base = load_model(base_path, dtype="float32", device="cpu")
+    adapted = PeftModel.from_pretrained(base.model, str(adapter)).eval()
+    merged, processor, _, gap = merge(base_path, adapter, tmp_path / "m")
     probe = _probe_inputs(processor)
     with torch.no_grad():
         want, got = adapted(**probe).logits, merged(**probe).logits
-        plain = load_model(baseline_run / "base_model", dtype="float32", device="cpu").model(**probe).logits
+        plain = load_model(base_path, dtype="float32", device="cpu").model(**probe).logits
     assert torch.allclose(want, got, atol=1e-5) and gap < 1e-4
     assert not torch.allclose(plain, got, atol=1e-3)  # the adapter changed the model: the check has teeth
     reloaded = load_model(tmp_path / "m", dtype="float32", device="cpu").model
@@ -53,6 +54,9 @@ def test_packages_validate_and_describe_themselves(exported):
         assert json.loads((pkg / "manifest.json").read_text()) == m
         assert (pkg / "README.md").read_text().startswith("# SVLM Factory export")
         assert m["source"]["stage"] == "0_baseline" and m["prompt"]["question"].endswith("inside <answer></answer>.")
+        # the real tokenizer's ids: InternVL's <IMG_CONTEXT> and <|im_end|>
+        assert m["tokens"]["image_token_id"] == 151667 and 151645 in m["tokens"]["eos_token_ids"]
+        assert m["prompt"]["input_ids"].count(151667) == 4  # 448² in a 4 x 4 patch grid, pixel-shuffled
     ops = {q: {n.op_type for n in onnx.load(str(out / q / "decoder.onnx"), load_external_data=False).graph.node}
            for q in manifests}
     assert "MatMulNBits" in ops["int4"] and "MatMulNBits" not in ops["int8"]
@@ -81,8 +85,8 @@ def test_runtime_streams_greedy_and_sampled_answers(exported, synth_root):
     greedy = pkg.generate(image, max_new_tokens=12, on_text=chunks.append)
     assert "".join(chunks) == greedy.text and greedy.label in pkg.labels
     assert greedy.ttft_s > 0 and greedy.stopped in ("eos", "length")
-    assert greedy.label_probs and abs(sum(greedy.label_probs.values()) - 1) < 1e-6
-    assert max(greedy.label_probs, key=greedy.label_probs.get) == greedy.label
+    assert set(greedy.label_probs) == set(pkg.labels) and abs(sum(greedy.label_probs.values()) - 1) < 1e-6
+    assert max(greedy.label_probs, key=greedy.label_probs.get) == greedy.label and not greedy.label_probs_forced
     a = pkg.generate(image, max_new_tokens=12, temperature=1.5, seed=1)
     b = pkg.generate(image, max_new_tokens=12, temperature=1.5, seed=1)
     assert a.token_ids == b.token_ids
@@ -99,7 +103,7 @@ def test_runtime_imports_neither_torch_nor_transformers(exported, synth_root):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_numpy_preprocessing_matches_the_hf_processor(exported, synth_root, baseline_run):
+def test_numpy_preprocessing_matches_the_hf_processor(exported, synth_root, tiny_dirs):
     from PIL import Image
     from transformers import AutoProcessor
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -108,7 +112,8 @@ def test_numpy_preprocessing_matches_the_hf_processor(exported, synth_root, base
 
     out, manifests = exported
     spec = manifests["fp32"]["image"]
-    hf = AutoProcessor.from_pretrained(baseline_run / "base_model").image_processor
+    assert (spec["height"], spec["width"], spec["resample"]) == (448, 448, 3)  # the real InternVL settings
+    hf = AutoProcessor.from_pretrained(tiny_dirs("internvl")).image_processor
     pil = GotOcr2ImageProcessorPil(size=dict(height=spec["height"], width=spec["width"]), image_mean=spec["mean"],
                                    image_std=spec["std"], resample=spec["resample"], crop_to_patches=False)
     rng = np.random.default_rng(0)
@@ -172,13 +177,35 @@ def test_existing_output_is_kept_without_overwrite(exported):
         export(ExportConfig(run=str(out.parent), out=str(out)))
 
 
-def test_smolvlm_exports_and_validates(tiny_dirs, tmp_path):
+def test_smolvlm_exports_validates_and_runs(tiny_dirs, tmp_path, synth_root):
+    """SmolVLM with its real tokenizer and processor settings: the package validates, its numpy preprocessing
+    equals the HF PIL processor (longest edge to 2048, then the 512² square), and the runtime answers."""
+    from PIL import Image
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    from export.preprocess import preprocess
+
     manifests = export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(tmp_path / "s"), quant=["fp32"],
                                     validate_images=2, max_new_tokens=8))
-    v = manifests["fp32"]["validation"]
+    m = manifests["fp32"]
+    v = m["validation"]
     assert v["max_abs_logit_diff"] <= 1e-4 and v["greedy_tokens_identical"] == 1.0
-    with pytest.raises(ValueError, match="no image preprocessing"):
-        Package(tmp_path / "s" / "fp32").generate(np.zeros((8, 8, 3), np.uint8))
+    assert m["tokens"]["image_token_id"] == 49190 and 49279 in m["tokens"]["eos_token_ids"]
+    spec = m["image"]
+    assert (spec["kind"], spec["longest_edge"], spec["side"]) == ("longest_edge_square", 2048, 512)
+    pil = SmolVLMImageProcessorPil(size={"longest_edge": spec["longest_edge"]},
+                                   max_image_size={"longest_edge": spec["side"]}, image_mean=spec["mean"],
+                                   image_std=spec["std"], resample=spec["resample"], do_image_splitting=False)
+    rng = np.random.default_rng(0)
+    images = [Image.open(next((synth_root / "image").rglob("*.jpg"))),
+              Image.fromarray(rng.integers(0, 255, (30, 71, 3), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 255, (90, 41), dtype=np.uint8))]
+    for img in images:
+        ours = preprocess(img, spec)
+        ref = pil(images=[[img.convert("RGB")]], return_tensors="np")["pixel_values"]
+        assert np.abs(ours - ref.reshape(ours.shape)).max() < 1e-5
+    gen = Package(tmp_path / "s" / "fp32").generate(images[1], max_new_tokens=6)
+    assert len(gen.token_ids) <= 6 and abs(sum(gen.label_probs.values()) - 1) < 1e-6
 
 
 def test_qwen2vl_is_refused_clearly(tiny_dirs, tmp_path):

@@ -1,11 +1,19 @@
-"""Every registered family builds, saves, reloads through the Auto classes and generates."""
+"""Every registered family builds, saves, reloads through the Auto classes and generates; with the real
+tokenizer a tiny model carries the real checkpoint's tokenizer, template, processor settings and ids."""
 
 import pytest
 import torch
 
 from factory.families import FAMILIES, TINY_SIZES, family_of, get_family
-from factory.prompts import FORMAT_TOKENS, build_messages
+from factory.prompts import FORMAT_TOKENS, build_messages, format_answer, parse_answer, question
 from factory.errors import SVLMError
+
+# The hub checkpoints' facts (their config.json; InternVL3-1B-hf's from factory/assets/hf/PROVENANCE.md).
+REAL_IDS = {
+    "internvl": {"vocab": 151674, "image_token_id": 151667, "eos": 151645, "pad": 151643},
+    "smolvlm": {"vocab": 49280, "image_token_id": 49190, "eos": 49279, "pad": 2},
+    "qwen2vl": {"vocab": 151936, "image_token_id": 151655, "eos": 151645, "pad": 151643},
+}
 
 
 def _image(size=40, seed=0):
@@ -33,6 +41,7 @@ def test_tiny_model_round_trips_through_auto_classes(family, tiny_dirs):
     assert type(model).__name__ == fam.model_class
     assert type(processor).__name__ == fam.processor_class
     assert family_of(model.config) is fam
+    fam.apply_image_policy(processor)  # as load_model does: the real settings tile / split / allow 12.8 MP
 
     prompt = processor.apply_chat_template(build_messages(), add_generation_prompt=True)
     inputs = processor(images=[[_image()], [_image(seed=1)]], text=[prompt, prompt], return_tensors="pt",
@@ -47,11 +56,72 @@ def test_tiny_model_round_trips_through_auto_classes(family, tiny_dirs):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_tokenizer_holds_format_tokens_and_template_takes_both_content_kinds(family, tiny_dirs):
+def test_real_tokenizer_tiny_carries_the_real_checkpoint(family, tiny_dirs):
+    """Real vocabulary size, image token and end-of-turn ids, the chat template verbatim, the real image
+    processor settings; only the layer sizes (and what the tiny tower needs: image tokens) are small."""
+    import json
+
+    from transformers import AutoConfig, AutoProcessor
+
+    from factory import assets
+
+    fam, want = get_family(family), REAL_IDS[family]
+    config = AutoConfig.from_pretrained(tiny_dirs(family))
+    processor = AutoProcessor.from_pretrained(tiny_dirs(family))
+    tok = processor.tokenizer
+    assert config.get_text_config().vocab_size == want["vocab"] == fam.real.vocab_size
+    assert config.image_token_id == want["image_token_id"] == fam.image_token_id(tok)
+    gen = json.loads((tiny_dirs(family) / "generation_config.json").read_text())
+    assert want["eos"] in ([gen["eos_token_id"]] if isinstance(gen["eos_token_id"], int) else gen["eos_token_id"])
+    assert tok.convert_tokens_to_ids(fam.eos_token) == want["eos"] and gen["pad_token_id"] == want["pad"]
+    hub = assets.read_json(fam.real.assets, "config.json")  # where the hub config is among the real files
+    if hub:
+        assert hub["image_token_id"] == want["image_token_id"] and hub.get("vocab_size", want["vocab"]) == want["vocab"]
+    root = assets.folder(fam.real.assets)
+    real_template = (root / "chat_template.jinja").read_text() if (root / "chat_template.jinja").is_file() else \
+        json.loads((root / "chat_template.json").read_text())["chat_template"]
+    assert processor.chat_template == real_template
+    real_ip = (assets.read_json(fam.real.assets, "processor_config.json") or {}).get("image_processor") \
+        or assets.read_json(fam.real.assets, "preprocessor_config.json")
+    ours = json.loads(processor.image_processor.to_json_string())
+    for key in ("image_mean", "image_std", "resample", "rescale_factor", "patch_size", "max_image_size",
+                "do_image_splitting", "crop_to_patches"):
+        if key in real_ip:
+            assert ours[key] == real_ip[key], key
+    # The tiny tower takes the real input size; the processor's image tokens match it.
+    image_tokens = processor(images=[[_image()]], text=[processor.apply_chat_template(
+        build_messages(), add_generation_prompt=True)], return_tensors="pt")["input_ids"].eq(config.image_token_id)
+    assert image_tokens.sum() > 0
+    # Real BPE: the answer tags are several tokens and labels merge with what precedes them.
+    assert len(tok("<answer>", add_special_tokens=False).input_ids) > 1
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_real_chat_template_renders_the_question_and_answers_parse_back(family, tiny_dirs):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_dirs(family))
     tok = processor.tokenizer
+    answer = format_answer("sadness", "Dark, rainy street.")
+    rendered = processor.apply_chat_template(build_messages(answer=answer))
+    assert answer in rendered and question("cot") in rendered
+    # The tags are plain text, not special tokens: decoding with skip_special_tokens keeps them.
+    decoded = tok.decode(tok(rendered, add_special_tokens=False).input_ids, skip_special_tokens=True)
+    assert answer in decoded
+    parsed = parse_answer(tok.decode(tok(answer, add_special_tokens=False).input_ids, skip_special_tokens=True))
+    assert parsed.label == "sadness" and parsed.well_formed
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_small_tokenizer_holds_format_tokens_and_template_takes_both_content_kinds(family, tmp_path):
+    """svlm run's default: a 1k-token local BPE where the answer tags are single tokens."""
+    from transformers import AutoProcessor
+
+    from factory.tiny import save_tiny
+
+    processor = AutoProcessor.from_pretrained(save_tiny(family, "tiny", tmp_path / "m", tokenizer="small"))
+    tok = processor.tokenizer
+    assert len(tok) < 2000
     for token in FORMAT_TOKENS:
         ids = tok(token, add_special_tokens=False).input_ids
         assert len(ids) == 1, f"{token} is not a single token"
@@ -75,15 +145,23 @@ def test_unknown_family_and_model_type_are_clear_errors():
         family_of(FakeConfig())
 
 
-def test_load_model_applies_image_policy(tiny_dirs):
+def test_load_model_applies_image_policy(tiny_dirs, tmp_path):
     from factory.models import load_model
 
     loaded = load_model(tiny_dirs("internvl"), dtype="float32", device="cpu")
     assert loaded.processor.image_processor.crop_to_patches is False
+    assert loaded.processor.image_processor.max_patches == 1  # the real setting allows 12 tiles
     assert loaded.family.name == "internvl"
+    loaded = load_model(tiny_dirs("smolvlm"), dtype="float32", device="cpu")
+    assert loaded.processor.image_processor.do_image_splitting is False  # the real setting splits
     loaded = load_model(tiny_dirs("qwen2vl"), dtype="float32", device="cpu")
-    # A cap: the tiny model already asks for fewer pixels than the policy allows, so it keeps its value.
-    assert loaded.processor.image_processor.size.longest_edge == 32 * 32
+    # A cap on the real 12.8 MP: at most 448² pixels.
+    assert loaded.processor.image_processor.size.longest_edge == 448 * 448
+    # A cap keeps a smaller value: the small-tokenizer tiny model asks for fewer pixels than the policy allows.
+    from factory.tiny import save_tiny
+
+    small = load_model(save_tiny("qwen2vl", "tiny", tmp_path / "q", tokenizer="small"), dtype="float32", device="cpu")
+    assert small.processor.image_processor.size.longest_edge == 32 * 32
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
