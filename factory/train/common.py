@@ -102,7 +102,14 @@ def load_policy(ctx: StageContext, trainable: bool = True):
         # is_trainable=True: without it PEFT loads the adapter frozen and the stage trains nothing.
         model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=trainable, config=config)
     else:
+        from transformers import set_seed
+
+        set_seed(ctx.cfg.train.seed)  # the fresh adapter's initialisation follows train.seed too
         model = get_peft_model(loaded.model, lora_config(ctx.cfg, loaded.family, 0.0 if no_dropout else None))
+    if trainable and not ctx.stage.train_modules_to_save:
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.requires_grad_(False)
     return model, loaded.processor
 
 

@@ -46,6 +46,11 @@ class StageConfig:
     max_grad_norm: float = 1.0
     batch_size: int = 8  # per device; GRPO: completions per device step (prompts × num_generations)
     grad_accum: int = 1
+    # Whether the adapter's fully trained modules (``lora.modules_to_save``, e.g. a random model's lm_head) keep
+    # training in this stage. Adam gives every row of a trained head a step of about the learning rate even
+    # where its gradient is only the softmax's faint push, so in RL, with its noisy gradients, a trainable head
+    # drifts; false freezes them and leaves the LoRA matrices to the reward.
+    train_modules_to_save: bool = True
     save_steps: int = 100  # checkpoint interval: what a killed run resumes from
     logging_steps: int = 5
     # sft
