@@ -35,7 +35,7 @@ RESULT = "heldout.json"
 class ArmConfig:
     """One arm: ``stages`` trained in order, continuing the run's ``start`` adapter."""
 
-    start: str = "3_grpo_accuracy"  # a stage of the base run whose adapter the chain continues
+    start: str = "3_grpo_accuracy"  # a stage of the base run whose adapter the chain continues; "base": none
     stages: list[str] = field(default_factory=list)  # [] scores ``start`` itself
     overrides: dict = field(default_factory=dict)  # per stage: {4_clgrpo: {epsilon: 0.2}}
     note: str = ""  # what the arm tests, for the report
@@ -72,6 +72,8 @@ class AblateConfig:
     name: str = "ablate"  # results go to <run>/<name>/
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     reference: str = "clip_low"  # the arm every other arm is compared with
+    # compare with these stages of the reference arm (same seed) instead: e.g. [0_baseline, 1_sft] for a chain
+    compare_stages: list[str] = field(default_factory=list)
     evaluate: str = "last"  # last: score each arm's last stage; all: every stage of the chain
     data: str | None = None  # score on this EmoSet root instead of the run's held-out set (e.g. a dev set)
     split: str = "test"  # with data: the split scored
@@ -87,13 +89,17 @@ class AblateConfig:
             raise ConfigError(f"evaluate must be 'last' or 'all', got {self.evaluate!r}")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
-        from factory.train.stages import STAGE_ORDER
+        from factory.train.stages import STAGE_ORDER, STAGES
 
         for name, arm in self.arms.items():
             unknown = [s for s in [*arm.stages, *arm.overrides] if s not in STAGE_ORDER]
-            if arm.start not in STAGE_ORDER or unknown:
-                raise ConfigError(f"arms.{name}: unknown stage(s) {unknown or [arm.start]}; stages are "
-                                  f"{', '.join(STAGE_ORDER)}")
+            if arm.start not in (*STAGE_ORDER, "base"):
+                unknown.append(arm.start)
+            if unknown:
+                raise ConfigError(f"arms.{name}: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)} "
+                                  "(start may also be 'base')")
+            if arm.start == "base" and (not arm.stages or STAGES[arm.stages[0]].parent is not None):
+                raise ConfigError(f"arms.{name}: a chain from the base model must start with an SFT stage")
             extra = [s for s in arm.overrides if s not in arm.stages]
             if extra:
                 raise ConfigError(f"arms.{name}.overrides names stages the arm does not train: {extra}")
@@ -184,10 +190,10 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
         heldout, split = Path(cfg.data), cfg.split
     out = run_dir / cfg.name
     config_lib.save(cfg, out)
-    all_stages = sorted({s for a in cfg.arms.values() for s in [*a.stages, a.start]})
+    all_stages = sorted({s for a in cfg.arms.values() for s in [*a.stages, a.start] if s != "base"})
     tokens = eval_tokens(train_config(rcfg, root), all_stages)
     for name, arm in cfg.arms.items():
-        if not (run_dir / arm.start / "done.json").is_file():
+        if arm.start != "base" and not (run_dir / arm.start / "done.json").is_file():
             raise SVLMError(f"arm {name} starts from {run_dir / arm.start}, which is not a finished stage; "
                             f"run `svlm run` (or `svlm train`) for it first")
     results: dict[str, dict[int, dict[str, dict]]] = {}
@@ -199,7 +205,8 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
             where = out / name / f"seed{seed}"
             if arm.stages:
                 tcfg = arm_train_config(rcfg, root, arm, where, seed)
-                _seed_stage(run_dir / arm.start, where / arm.start)
+                if arm.start != "base":
+                    _seed_stage(run_dir / arm.start, where / arm.start)
                 _log(f"{name} seed {seed}: training {' -> '.join([arm.start, *arm.stages])}")
                 train(tcfg, list(arm.stages), progress=progress)
                 scored = arm.stages if cfg.evaluate == "all" else arm.stages[-1:]
@@ -222,7 +229,7 @@ def _correct(row: dict) -> list[bool]:
 
 
 def summarize(cfg: AblateConfig, results: dict, data: Path, split: str) -> dict:
-    """Per arm and scored stage: mean over seeds with intervals, and paired comparisons with the reference."""
+    """Per arm and scored stage: mean over seeds with intervals, and paired comparisons (``comparisons``)."""
     import numpy as np
 
     rows = []
@@ -242,12 +249,31 @@ def summarize(cfg: AblateConfig, results: dict, data: Path, split: str) -> dict:
                    "recall": recall, "min_class_recall": min(recall.values()),
                    "weakest_class": min(recall, key=recall.get),
                    "min_class_recall_any_seed": min(min(r["per_class"][e]["recall"] for e in recall)
-                                                    for r in per_seed.values())}
-            if name != cfg.reference:
-                row["vs_reference"] = _paired(per_seed, ref_last)
+                                                    for r in per_seed.values()),
+                   "vs": {}}
+            for label, against in comparisons(cfg, ref, ref_last, name, stage).items():
+                row["vs"][label] = _paired(per_seed, against)
             rows.append(row)
+    labels = list(dict.fromkeys(label for r in rows for label in r["vs"]))
     return {"run": cfg.run, "data": str(data), "split": split, "reference": cfg.reference, "seeds": cfg.seeds,
+            "compare_stages": cfg.compare_stages, "comparisons": labels,
             "images": len(next(iter(ref_last.values()))["predictions"]), "rows": rows}
+
+
+def comparisons(cfg: AblateConfig, ref: dict, ref_last: dict, arm: str, stage: str) -> dict[str, dict]:
+    """What one (arm, stage) row is compared with, per label: {seed: reference row}.
+
+    Without ``compare_stages``: the reference arm's same stage when it scored one, else its last stage (the
+    reference's own rows are not compared). With it: each named stage of the reference arm, same seed."""
+    if not cfg.compare_stages:
+        if arm == cfg.reference:
+            return {}
+        return {cfg.reference: {seed: stages.get(stage, ref_last[seed]) for seed, stages in ref.items()}}
+    out = {}
+    for target in cfg.compare_stages:
+        if (arm, stage) != (cfg.reference, target) and all(target in stages for stages in ref.values()):
+            out[f"{cfg.reference}/{target}"] = {seed: stages[target] for seed, stages in ref.items()}
+    return out
 
 
 def _paired(per_seed: dict, ref: dict) -> dict:
@@ -267,23 +293,30 @@ def _paired(per_seed: dict, ref: dict) -> dict:
 
 
 def markdown(report: dict) -> str:
-    ref = report["reference"]
+    labels = report["comparisons"]
     lines = [f"# Ablation on {report['data']} ({report['split']}, {report['images']} images), "
              f"seeds {report['seeds']}", "",
-             f"Mean over seeds with a 95 % t interval; Δ = arm − `{ref}` on the same images and seeds (t interval "
-             "over seeds; exact McNemar over all image × seed pairs). An arm without training is scored once.", "",
-             "| arm | stage | accuracy [95 % CI] | per seed | Δ vs reference [95 % CI] | McNemar | macro recall | "
-             "weakest class (mean recall) | format | what it tests |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Mean over seeds with a 95 % t interval. Δ = row − the named reference on the same images and seeds "
+             "(mean over seeds with a t interval; exact McNemar over all image × seed pairs). An arm without "
+             "training is scored once and paired with every seed of the reference.", "",
+             "| arm | stage | accuracy [95 % CI] | per seed | "
+             + " | ".join(f"Δ vs {lab} [95 % CI] | McNemar" for lab in labels)
+             + " | macro recall | weakest class (mean recall) | format | what it tests |",
+             "|---|---|---|---|" + "---|---|" * len(labels) + "---|---|---|---|"]
     for r in report["rows"]:
-        v = r.get("vs_reference")
-        delta = "reference" if v is None else (
-            f"{100 * v['diff']:+.1f}" + ("" if v["diff_ci"][0] != v["diff_ci"][0] else
-                                         f" [{100 * v['diff_ci'][0]:+.1f}, {100 * v['diff_ci'][1]:+.1f}]"))
+        cells = []
+        for lab in labels:
+            v = r["vs"].get(lab)
+            if v is None:
+                cells += ["", ""]
+                continue
+            ci = "" if v["diff_ci"][0] != v["diff_ci"][0] else \
+                f" [{100 * v['diff_ci'][0]:+.1f}, {100 * v['diff_ci'][1]:+.1f}]"
+            cells += [f"{100 * v['diff']:+.1f}{ci}", stats.fmt_p(v["p_value"])]
         lines.append(f"| {r['arm']} | {r['stage']} | {stats.fmt_ci(r['accuracy'], *r['accuracy_ci'])} | "
-                     f"{', '.join(f'{100 * a:.1f}' for a in r['accuracy_per_seed'])} | {delta} | "
-                     f"{'' if v is None else stats.fmt_p(v['p_value'])} | {r['macro_recall']:.1%} | "
-                     f"{r['weakest_class']} {r['min_class_recall']:.0%} | {r['format_rate']:.1%} | {r['note']} |")
+                     f"{', '.join(f'{100 * a:.1f}' for a in r['accuracy_per_seed'])} | " + " | ".join(cells)
+                     + f" | {r['macro_recall']:.1%} | {r['weakest_class']} {r['min_class_recall']:.0%} | "
+                     f"{r['format_rate']:.1%} | {r['note']} |")
     return "\n".join(lines) + "\n"
 
 

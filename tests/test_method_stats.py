@@ -121,7 +121,7 @@ def test_ablate_trains_arms_from_the_same_adapter_and_reports(tiny_run, capsys):
     rows = {r["arm"]: r for r in report["rows"]}
     assert rows["again"]["seeds"] == [0, 1] and rows["sft"]["seeds"] == [0]  # no training: scored once
     assert rows["other_lr"]["accuracy"] == pytest.approx(np.mean(rows["other_lr"]["accuracy_per_seed"]))
-    assert "vs_reference" not in rows["again"] and "p_value" in rows["sft"]["vs_reference"]
+    assert not rows["again"]["vs"] and "p_value" in rows["sft"]["vs"]["again"]
     for name in ("ablation.md", "ablation.json", "ablation.png"):
         assert (out / name).stat().st_size > 0
     # a rerun trains nothing and scores nothing again
@@ -131,19 +131,52 @@ def test_ablate_trains_arms_from_the_same_adapter_and_reports(tiny_run, capsys):
     assert (out / "again" / "seed0" / "2_grpo_format" / "done.json").stat().st_mtime_ns == stamp
 
 
+def test_ablate_chain_from_the_base_compares_stages_of_the_same_seed(tiny_run):
+    from safetensors.torch import load_file
+
+    from factory import ablate, config as config_lib
+
+    cfg = config_lib.build(ablate.AblateConfig, {
+        "run": str(tiny_run), "name": "seeds", "seeds": [0, 1], "reference": "chain", "evaluate": "all",
+        "compare_stages": ["0_baseline", "1_sft"],
+        "arms": {"chain": {"start": "base", "stages": ["0_baseline", "1_sft", "2_grpo_format"]}}})
+    report = ablate.run(cfg, progress=False)
+    rows = {r["stage"]: r for r in report["rows"]}
+    assert set(rows["2_grpo_format"]["vs"]) == {"chain/0_baseline", "chain/1_sft"}
+    assert set(rows["1_sft"]["vs"]) == {"chain/0_baseline"} and set(rows["0_baseline"]["vs"]) == {"chain/1_sft"}
+    # train.seed reaches the fresh adapter's initialisation, so seeds are independent replicates
+    a, b = (load_file(str(tiny_run / "seeds" / "chain" / f"seed{k}" / "1_sft" / "adapter" /
+                          "adapter_model.safetensors")) for k in (0, 1))
+    assert any(not (a[k] == b[k]).all() for k in a)
+    assert "Δ vs chain/1_sft" in (tiny_run / "seeds" / "ablation.md").read_text()
+
+
 def yaml_load(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
 
 
-def test_default_grid_equals_its_yaml_and_arm_parents_follow_the_chain():
+def test_default_grid_equals_its_yaml_and_arm_parents_follow_the_chain(tiny_run, tmp_path):
     from pathlib import Path
 
     from factory import ablate, config as config_lib
+    from factory.pipeline import RunConfig
 
-    yaml_cfg = config_lib.load(ablate.AblateConfig, Path(__file__).parents[1] / "configs" / "ablate_default.yaml")
+    configs = Path(__file__).parents[1] / "configs"
+    yaml_cfg = config_lib.load(ablate.AblateConfig, configs / "ablate_default.yaml")
     assert config_lib.to_dict(yaml_cfg) == config_lib.to_dict(ablate.AblateConfig())
+    config_lib.load(ablate.AblateConfig, configs / "ablate_seeds.yaml")  # validates
+    rcfg = config_lib.load(RunConfig, tiny_run / "svlm_config.yaml")
+    parents = {}
+    for arm in ("skip_stage2", "skip_stage3", "clip_low"):
+        tcfg = ablate.arm_train_config(rcfg, tiny_run / "data", yaml_cfg.arms[arm], tmp_path / arm / "seed3", 3)
+        parents[arm] = [tcfg.stage(s).parent for s in yaml_cfg.arms[arm].stages]
+        assert tcfg.train.seed == 3 and tcfg.model.source == str(tiny_run / "base_model")
+    assert parents == {"skip_stage2": ["1_sft", "3_grpo_accuracy"], "skip_stage3": ["2_grpo_format"],
+                       "clip_low": ["3_grpo_accuracy"]}
+    symmetric = ablate.arm_train_config(rcfg, tiny_run / "data", yaml_cfg.arms["symmetric"], tmp_path / "s", 0)
+    assert (symmetric.stage("4_clgrpo").epsilon, symmetric.stage("4_clgrpo").epsilon_high) == (0.2, 0.2)
 
 
 @pytest.mark.parametrize("data,message", [
@@ -152,6 +185,7 @@ def test_default_grid_equals_its_yaml_and_arm_parents_follow_the_chain():
     ({"arms": {"a": {"stages": ["4_clgrpo"], "overrides": {"3_grpo_accuracy": {}}}}, "reference": "a"},
      "does not train"),
     ({"seeds": []}, "at least one seed"),
+    ({"arms": {"a": {"start": "base", "stages": ["2_grpo_format"]}}, "reference": "a"}, "must start with an SFT"),
 ])
 def test_ablate_config_errors(data, message):
     from factory import ablate, config as config_lib
@@ -159,3 +193,22 @@ def test_ablate_config_errors(data, message):
 
     with pytest.raises(ConfigError, match=message):
         config_lib.build(ablate.AblateConfig, data)
+
+
+@pytest.mark.parametrize("train_them", [True, False])
+def test_a_grpo_stage_can_freeze_the_adapters_fully_trained_modules(tiny_run, train_them):
+    from factory import config as config_lib
+    from factory.pipeline import RunConfig, train_config
+    from factory.train.common import StageContext, load_policy
+    from factory.train.stages import resolve_stage
+
+    rcfg = config_lib.load(RunConfig, tiny_run / "svlm_config.yaml")
+    tcfg = train_config(rcfg, tiny_run / "data")
+    stage = resolve_stage("2_grpo_format", {"train_modules_to_save": train_them})
+    ctx = StageContext("2_grpo_format", stage, tcfg, tiny_run / "2_grpo_format", str(tiny_run / "base_model"),
+                       tiny_run / "data", tiny_run / "cot", progress=False)
+    model, _ = load_policy(ctx)
+    head = [p.requires_grad for n, p in model.named_parameters() if ".modules_to_save." in n]
+    lora = [p.requires_grad for n, p in model.named_parameters() if "lora_" in n]
+    assert head and all(h == train_them for h in head)  # svlm run's adapter trains lm_head in full
+    assert lora and all(lora)
