@@ -114,6 +114,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from factory.ablate import AblateConfig, run
+
+    cfg = config_lib.load(AblateConfig, args.config, _overrides(args, {"run": "run", "name": "name"}))
+    run(cfg, progress=not args.quiet)
+    return 0
+
+
 def cmd_train(args) -> int:
     from factory.pipeline import format_table
     from factory.train.runner import TrainConfig, train
@@ -308,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+
+    p = add(sub, "ablate", "controlled experiments: stage-4 variants and stage ablations from one adapter of a run, "
+            "x seeds, scored on its held-out set with intervals and paired tests (default grid: "
+            "configs/ablate_default.yaml)", cmd_ablate, overrides=True)
+    p.add_argument("--run", help="a finished svlm run to branch from (default runs/default)")
+    p.add_argument("--name", help="results folder inside the run (default ablate)")
 
     p = add(sub, "run", "run the whole chain on the built-in default (small model, synthetic data)", cmd_run,
             overrides=True)

@@ -212,3 +212,12 @@ def test_a_grpo_stage_can_freeze_the_adapters_fully_trained_modules(tiny_run, tr
     lora = [p.requires_grad for n, p in model.named_parameters() if "lora_" in n]
     assert head and all(h == train_them for h in head)  # svlm run's adapter trains lm_head in full
     assert lora and all(lora)
+
+
+def test_svlm_ablate_cli_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from factory.cli import main
+
+    assert main(["ablate", "--run", str(tmp_path), "-q"]) == 2
+    assert "is not an svlm run folder" in capsys.readouterr().err
+    assert main(["ablate", "--run", str(tmp_path), "reference=nope"]) == 2
+    assert "reference arm 'nope'" in capsys.readouterr().err
