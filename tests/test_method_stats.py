@@ -221,3 +221,16 @@ def test_svlm_ablate_cli_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "is not an svlm run folder" in capsys.readouterr().err
     assert main(["ablate", "--run", str(tmp_path), "reference=nope"]) == 2
     assert "reference arm 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_refuses_a_base_model_built_with_another_tokenizer(tiny_run):
+    from factory import config as config_lib
+    from factory.errors import SVLMError
+    from factory.pipeline import RunConfig, train_config
+    from factory.train.runner import base_source
+
+    rcfg = config_lib.load(RunConfig, tiny_run / "svlm_config.yaml")
+    assert base_source(train_config(rcfg, tiny_run / "data")) == str(tiny_run / "base_model")  # reused as built
+    rcfg.model.tokenizer = "real"
+    with pytest.raises(SVLMError, match="was built as .*'tokenizer': 'small'"):
+        base_source(train_config(rcfg, tiny_run / "data"))

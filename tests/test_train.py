@@ -396,7 +396,7 @@ def test_select_stages():
 @pytest.mark.parametrize("overrides,message", [
     ({"num_iterations": 1}, "num_iterations: 2"),  # ClipLow that cannot act
     ({"epsilon": 0.2, "epsilon_high": 0.2}, "epsilon \\(ε_low\\) < epsilon_high"),
-    ({"batch_size": 12}, "multiple of num_generations=8"),
+    ({"batch_size": 12, "grad_accum": 1}, "multiple of num_generations=8"),
     ({"num_generations": 1, "batch_size": 4}, "num_generations must be ≥ 2"),
     ({"rewards": ["format", "fromat"]}, "unknown reward"),
     ({"rewards": []}, "needs rewards"),
@@ -414,7 +414,7 @@ def test_asymmetric_clip_without_clip_low_must_also_be_able_to_act():
     with pytest.raises(ConfigError, match="never acts"):
         resolve_stage("3_grpo_accuracy", {"epsilon_high": 0.3})
     # more optimizer steps than generation batches also lets the clip act
-    resolve_stage("4_clgrpo", {"num_iterations": 1, "steps_per_generation": 2, "batch_size": 8})
+    resolve_stage("4_clgrpo", {"num_iterations": 1, "steps_per_generation": 2, "batch_size": 8, "grad_accum": 1})
 
 
 @pytest.mark.parametrize("grad_accum,steps_per_generation,num_iterations,acts", [

@@ -84,15 +84,29 @@ def _log(msg: str) -> None:
 
 
 def base_source(cfg: TrainConfig) -> str:
-    """The base model: the configured source, or a random model of family/size built once into the run."""
+    """The base model: the configured source, or a random model of family/size built once into the run.
+
+    A built base records how it was made (``svlm_base.json``); a run whose config asks for another family,
+    size, seed or tokenizer is refused rather than trained on the wrong base."""
     from factory.tiny import save_tiny
 
     if cfg.model.source is not None:
         return cfg.model.source
     out = cfg.run_dir / "base_model"
-    if not (out / "config.json").is_file() or not (out / "processor_config.json").is_file():
-        save_tiny(cfg.model.family, cfg.model.size, out, seed=cfg.model.seed)
-        _log(f"built a random-weight {cfg.model.family}/{cfg.model.size} model at {out}")
+    want = {"family": cfg.model.family, "size": cfg.model.size, "seed": cfg.model.seed,
+            "tokenizer": cfg.model.tokenizer}
+    marker = out / "svlm_base.json"
+    if (out / "config.json").is_file() and (out / "processor_config.json").is_file():
+        # a base built before the marker existed was always a small-tokenizer model
+        have = json.loads(marker.read_text()) if marker.is_file() else {**want, "tokenizer": "small"}
+        if have != want:
+            raise SVLMError(f"{out} was built as {have}, but this run asks for {want}; choose another run name "
+                            "(--name) or delete that folder")
+        return str(out)
+    save_tiny(cfg.model.family, cfg.model.size, out, seed=cfg.model.seed, tokenizer=cfg.model.tokenizer)
+    _write_json(marker, want)
+    _log(f"built a random-weight {cfg.model.family}/{cfg.model.size} model ({cfg.model.tokenizer} tokenizer) at "
+         f"{out}")
     return str(out)
 
 
