@@ -23,19 +23,34 @@ def synth_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    """family name -> directory of a saved tiny model with the family's real tokenizer (lazily built)."""
+def _saved_tiny_models(tmp_path_factory, tokenizer: str):
+    """family name -> directory of a saved tiny model with this tokenizer (each built once, when asked)."""
     from factory.tiny import save_tiny
 
     cache: dict[str, object] = {}
 
     def get(family: str):
         if family not in cache:
-            cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}"), tokenizer="real")
+            cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}_{tokenizer}"),
+                                      tokenizer=tokenizer)
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """family name -> directory of a saved tiny model with the family's real tokenizer (lazily built)."""
+    return _saved_tiny_models(tmp_path_factory, "real")
+
+
+@pytest.fixture(scope="session")
+def small_tiny_dirs(tmp_path_factory):
+    """family name -> a tiny model with the small local tokenizer (4k tokens). For tests of training
+    mechanics (stage hand-over, resume, precision, rollouts), which do not depend on the tokenizer: with the
+    real 151k-row output layer every trl step is about 10x slower on this CPU. The real tokenizer's path
+    through training, evaluation and export is tested per family with ``tiny_dirs``."""
+    return _saved_tiny_models(tmp_path_factory, "small")
 
 
 @pytest.fixture(scope="session")

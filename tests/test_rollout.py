@@ -90,7 +90,7 @@ def test_copy_of_an_nf4_policy_is_dense_and_matches(tiny_dirs):
     assert gap < 1e-3, f"logit gap {gap:.2e}"
 
 
-def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_root, cot_dir, tiny_dirs, monkeypatch):
+def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_root, cot_dir, small_tiny_dirs, monkeypatch):
     from factory import config as config_lib
     from factory import rewards
     from factory.train import rollout
@@ -107,7 +107,7 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
             "rewards": ["format", "varied"]}
     cfg = config_lib.build(TrainConfig, {
         "output_dir": str(tmp_path), "name": "r", "data": str(synth_root), "cot": str(cot_dir),
-        "model": {"source": str(tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
+        "model": {"source": str(small_tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
         "train": {"lora": {"r": 4, "alpha": 8}, "stages": {"1_sft": small, "2_grpo_format": grpo}}})
     train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     # the initial build refreshes (step None), then one refresh per rollout after an optimizer step

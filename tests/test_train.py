@@ -1,5 +1,8 @@
 """The stage runners on a tiny model: every stage trains its adapter and leaves the base alone, stages
-continue their parent's adapter, a killed stage resumes, and settings that cannot work are refused."""
+continue their parent's adapter, a killed stage resumes, and settings that cannot work are refused.
+
+These are tests of training mechanics, so they use the small-tokenizer tiny model (``small_tiny_dirs``);
+training on each family's real tokenizer is tested in ``test_real_tokenizer.py``."""
 
 from __future__ import annotations
 
@@ -38,13 +41,13 @@ def register_varied_reward(monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "varied", varied_reward)
 
 
-def tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, **train_kw) -> TrainConfig:
+def tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs, **train_kw) -> TrainConfig:
     stages = {name: {"max_steps": 2, "save_steps": 1, "logging_steps": 1, "batch_size": 4} for name in STAGE_ORDER}
     for name in ("2_grpo_format", "3_grpo_accuracy", "4_clgrpo"):
         stages[name].update(GRPO_TINY, rewards=STAGES[name].rewards + ["varied"])
     stages["4_clgrpo"].update(CLIP_TINY)
     data = {"output_dir": str(tmp_path), "name": "t", "data": str(synth_root), "cot": str(cot_dir),
-            "model": {"source": str(tiny_dirs("internvl"))},
+            "model": {"source": str(small_tiny_dirs("internvl"))},
             "eval": {"limit": 4, "max_new_tokens": 8, "batch_size": 4},
             "train": {"lora": {"r": 4, "alpha": 8}, "stages": stages, **train_kw}}
     return config_lib.build(TrainConfig, data)
@@ -75,13 +78,13 @@ class TinyRun(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, synth_root, cot_dir, tiny_dirs):
+def trained(tmp_path_factory, synth_root, cot_dir, small_tiny_dirs):
     """All five stages, 2-4 steps each, on the tiny InternVL; the models each runner returned."""
     from trl import GRPOTrainer
 
     from factory import rewards
 
-    cfg = tiny_config(tmp_path_factory.mktemp("runs"), synth_root, cot_dir, tiny_dirs)
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), synth_root, cot_dir, small_tiny_dirs)
     snaps, finals, trainers, loss_inputs = Snapshots(), {}, {}, {}
     build, compute_loss = grpo.build_grpo_trainer, GRPOTrainer._compute_loss
 
@@ -260,10 +263,10 @@ class Kill(Exception):
     pass
 
 
-def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, cot_dir, tiny_dirs):
+def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, cot_dir, small_tiny_dirs):
     from transformers import TrainerCallback
 
-    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs)
     cfg.train.stages["1_sft"].update(max_steps=4, save_steps=2)
 
     class KillAtStep3(TrainerCallback):
@@ -298,10 +301,10 @@ def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp  # not retrained
 
 
-def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, synth_root, cot_dir, tiny_dirs):
+def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, synth_root, cot_dir, small_tiny_dirs):
     import bitsandbytes as bnb
 
-    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs, quantization="nf4")
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs, quantization="nf4")
     snaps, seen, built = Snapshots(), {}, {}
 
     def trainable_dtypes(model):
@@ -336,21 +339,21 @@ def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, syn
         assert dtypes and set(dtypes.values()) == {torch.float32}, (where, set(dtypes.values()))
 
 
-def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, tiny_dirs):
+def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, small_tiny_dirs):
     from peft import LoraConfig, get_peft_model
 
     from export.build import _probe_inputs
     from factory.families import get_family
     from factory.models import load_model
 
-    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
-    loaded = load_model(tiny_dirs("internvl"), dtype="float32", device="cpu")
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs)
+    loaded = load_model(small_tiny_dirs("internvl"), dtype="float32", device="cpu")
     torch.manual_seed(0)  # a parent adapter trained with dropout, with a non-zero delta (random B)
     parent = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, init_lora_weights=False,
                                                      target_modules=get_family("internvl").lora_target_modules))
     parent.save_pretrained(str(cfg.run_dir / "1_sft" / common.ADAPTER))
     ctx = common.StageContext("2_grpo_format", cfg.stage("2_grpo_format"), cfg, cfg.run_dir / "2_grpo_format",
-                              str(tiny_dirs("internvl")), synth_root, cot_dir, progress=False)
+                              str(small_tiny_dirs("internvl")), synth_root, cot_dir, progress=False)
     trainer = grpo.build_grpo_trainer(ctx)
     policy = trainer.model.train()  # trl computes old and new log-probs in train mode
     inputs = _probe_inputs(loaded.processor, 2)
@@ -359,7 +362,7 @@ def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, t
     assert torch.equal(first, second)
 
 
-def test_grpo_can_sample_only_images_with_a_cot_trace(tmp_path, synth_root, cot_dir, tiny_dirs):
+def test_grpo_can_sample_only_images_with_a_cot_trace(tmp_path, synth_root, cot_dir, small_tiny_dirs):
     from factory.cot.build import TRACES
     from factory.train.common import StageContext, stage_rows
 
@@ -368,7 +371,7 @@ def test_grpo_can_sample_only_images_with_a_cot_trace(tmp_path, synth_root, cot_
     (tmp_path / "cot").mkdir()
     (tmp_path / "cot" / TRACES).write_text("\n".join(kept) + "\n")
     traced = {json.loads(line)["image"] for line in kept}
-    cfg = tiny_config(tmp_path, synth_root, tmp_path / "cot", tiny_dirs)
+    cfg = tiny_config(tmp_path, synth_root, tmp_path / "cot", small_tiny_dirs)
 
     def images(prompts):
         stage = resolve_stage("3_grpo_accuracy", {"prompts": prompts})
@@ -474,8 +477,8 @@ def test_sft_stage_rejects_grpo_settings():
         StageConfig(kind="sft", rewards=["format"])
 
 
-def test_missing_parent_output_is_refused_with_what_to_run(tmp_path, synth_root, cot_dir, tiny_dirs):
-    cfg = tiny_config(tmp_path, synth_root, cot_dir, tiny_dirs)
+def test_missing_parent_output_is_refused_with_what_to_run(tmp_path, synth_root, cot_dir, small_tiny_dirs):
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs)
     with pytest.raises(ConfigError, match="continues from 2_grpo_format.*--stages 2-3"):
         plan(cfg, ["3_grpo_accuracy"])
 
