@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.errors import SVLMError
+from export.compare import compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from export.runtime import FORMAT_VERSION, MANIFEST
 
@@ -173,38 +174,6 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
         refs.append({"pixel_values": pv.reshape(-1, *pv.shape[-3:]).numpy(), "logits": logits, "top2_gaps": gaps,
                      "tokens": out.sequences[0, inputs["input_ids"].shape[1]:].tolist()})
     return refs
-
-
-def _compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
-    """Prefill logit gap and greedy-token agreement of an ONNX package against the PyTorch references."""
-    import numpy as np
-
-    gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
-    for ref in refs:
-        feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
-        logits, _ = package.prefill(feats)
-        gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
-        gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens, label_probs=False)
-        want = []
-        for t in ref["tokens"]:  # up to the first end-of-sequence token, as the runtime stops there
-            if t in package.eos_ids:
-                break
-            want.append(t)
-        got = gen.token_ids
-        if got == want:
-            same_tokens += 1
-        else:  # the first divergence counts as agreement only at a near-exact tie in PyTorch's logits
-            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            ties += first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
-            same_tokens += first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
-        from factory.prompts import parse_answer
-
-        ref_label = parse_answer(package.tokenizer.decode(want, skip_special_tokens=True)).label
-        same_labels += gen.label == ref_label
-        labels.append([ref_label, gen.label])
-    n = len(refs)
-    return {"images": n, "max_abs_logit_diff": max(gaps), "greedy_tokens_identical": same_tokens / n,
-            "diverged_at_ties": ties, "label_agreement": same_labels / n, "labels_torch_onnx": labels}
 
 
 def _quantize(src: Path, dst: Path, quant: str, block_size: int) -> None:
@@ -375,7 +344,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, tokens, provenance,
                        {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
                         "label_agreement": 0.0}, merge_gap)
-        validation = _compare(Package(pkg), refs, cfg.max_new_tokens)
+        validation = compare(Package(pkg), refs, cfg.max_new_tokens)
         if quant == "fp32":
             if validation["max_abs_logit_diff"] > family.onnx.tolerance or validation["greedy_tokens_identical"] < 1:
                 raise ExportError(

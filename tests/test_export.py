@@ -159,12 +159,12 @@ def test_damaged_packages_give_clear_errors(exported, tmp_path, damage, message)
 def test_failed_validation_writes_nothing(baseline_run, tmp_path, monkeypatch):
     import export.build as build
 
-    real = build._compare
+    real = build.compare
 
     def off(package, refs, max_new_tokens, tie=1e-4):
         return {**real(package, refs, max_new_tokens, tie), "max_abs_logit_diff": 1.0}
 
-    monkeypatch.setattr(build, "_compare", off)
+    monkeypatch.setattr(build, "compare", off)
     out = tmp_path / "exp"
     with pytest.raises(ExportError, match="does not match PyTorch"):
         export(ExportConfig(run=str(baseline_run), out=str(out), quant=["fp32"], validate_images=1))

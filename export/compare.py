@@ -1,0 +1,72 @@
+"""How an ONNX package is checked against PyTorch at export: the prefill logit gap and greedy-token and label
+agreement on real images (``export.build`` fails an fp32 export that does not match and records the figures
+of the quantized ones in their manifests).
+
+Its own module so that the rule can be tested on synthetic divergences and ties, and mutation-tested
+(``benchmarks/mutation.sh``), without exporting a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from factory.prompts import parse_answer
+
+
+def until_eos(tokens, eos_ids) -> list[int]:
+    """The tokens before the first end-of-sequence token, as the runtime stops there.
+
+    >>> until_eos([5, 6, 2, 7], {2})
+    [5, 6]
+    """
+    out = []
+    for t in tokens:
+        if t in eos_ids:
+            break
+        out.append(t)
+    return out
+
+
+def first_divergence(got, want) -> int:
+    """The first position where two token lists differ (the shorter length when one is a prefix of the other).
+
+    >>> first_divergence([1, 2, 3], [1, 5, 3]), first_divergence([1, 2], [1, 2, 3])
+    (1, 2)
+    """
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
+    """Prefill logit gap and greedy-token agreement of an ONNX package against the PyTorch references.
+
+    Args:
+        package: an ``export.runtime.Package`` (or anything with its ``vision``, ``prefill``, ``generate``,
+            ``eos_ids`` and ``tokenizer``).
+        refs: per image, from ``export.build._torch_reference``: ``pixel_values``, PyTorch's prefill
+            ``logits``, its greedy ``tokens`` and ``top2_gaps`` (the gap between the two largest logits at
+            each generated step).
+        max_new_tokens: the generation budget, the same as the references'.
+        tie: a divergence counts as agreement only where PyTorch's top-2 gap at the first differing step is
+            below this: there the two runtimes' rounding, not the export, picks the token.
+    """
+    gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
+    for ref in refs:
+        feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
+        logits, _ = package.prefill(feats)
+        gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
+        gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens, label_probs=False)
+        want = until_eos(ref["tokens"], package.eos_ids)
+        got = gen.token_ids
+        if got == want:
+            same_tokens += 1
+        else:
+            first = first_divergence(got, want)
+            at_tie = first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
+            ties += at_tie
+            same_tokens += at_tie
+        ref_label = parse_answer(package.tokenizer.decode(want, skip_special_tokens=True)).label
+        same_labels += gen.label == ref_label
+        labels.append([ref_label, gen.label])
+    n = len(refs)
+    return {"images": n, "max_abs_logit_diff": max(gaps), "greedy_tokens_identical": same_tokens / n,
+            "diverged_at_ties": ties, "label_agreement": same_labels / n, "labels_torch_onnx": labels}
