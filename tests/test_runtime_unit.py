@@ -1,0 +1,286 @@
+"""The torch-free runtime on a toy package (``toy_package.py``, real onnxruntime graphs, built in a second):
+sampling on fixed logits, streaming during generation, label scores against a cache-free recomputation,
+the image reaching the decoder, stopping, timings, and damaged packages. The same behaviour on exported
+tiny models is tested in ``test_export.py``; these tests also serve the mutation run (seconds, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.runtime import Generation, Package, PackageError, read_manifest
+from factory.prompts import EMOTIONS
+
+from toy_package import EOS, IMAGE_SLOTS, SCRIPT, build_toy_package
+
+pick = Package._pick
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    return build_toy_package(tmp_path_factory.mktemp("toy") / "pkg")
+
+
+@pytest.fixture(scope="module")
+def toy(toy_dir):
+    return Package(toy_dir)
+
+
+def _image(value: int = 100, size=(30, 20)) -> Image.Image:
+    return Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8))
+
+
+# --- sampling on fixed logits ----------------------------------------------------------------------------
+def _frequencies(logits, temperature, top_p, n=20000, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = [pick(np.asarray(logits, np.float64), temperature, top_p, rng) for _ in range(n)]
+    return np.bincount(picks, minlength=len(logits)) / n
+
+
+P4 = np.array([0.5, 0.3, 0.15, 0.05])
+
+
+def test_greedy_takes_the_argmax_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert pick(np.log([0.1, 0.6, 0.3]), 0.0, 1.0, rng) == 1
+    assert pick(np.log([0.1, 0.6, 0.3]), -1.0, 0.5, rng) == 1
+    assert rng.bit_generator.state == state
+
+
+def test_sampling_frequencies_follow_the_softmax():
+    freq = _frequencies(np.log(P4), 1.0, 1.0)
+    assert np.abs(freq - P4).max() < 0.015, freq
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_temperature_divides_the_logits(temperature):
+    want = P4 ** (1 / temperature)
+    want /= want.sum()
+    freq = _frequencies(np.log(P4), temperature, 1.0)
+    assert np.abs(freq - want).max() < 0.015, (freq, want)
+
+
+@pytest.mark.parametrize("top_p,kept", [(0.45, 1), (0.55, 2), (0.79, 2), (0.81, 3), (0.96, 4), (1.0, 4)])
+def test_top_p_keeps_the_smallest_set_that_reaches_it_and_never_samples_the_tail(top_p, kept):
+    freq = _frequencies(np.log(P4), 1.0, top_p, n=8000)
+    assert (freq[kept:] == 0).all(), f"sampled outside the top-{kept} set: {freq}"
+    want = P4[:kept] / P4[:kept].sum()
+    assert np.abs(freq[:kept] - want).max() < 0.02, (freq, want)
+
+
+def test_top_p_ranks_by_probability_not_by_position():
+    logits = np.log([0.05, 0.15, 0.5, 0.3])  # the same distribution, shuffled
+    freq = _frequencies(logits, 1.0, 0.55, n=8000)
+    assert freq[0] == freq[1] == 0 and abs(freq[2] - 0.625) < 0.02 and abs(freq[3] - 0.375) < 0.02
+
+
+def test_a_tiny_top_p_is_greedy_at_any_temperature():
+    logits = np.log([0.2, 0.45, 0.35])
+    assert set(_frequencies(logits, 5.0, 1e-9, n=500)) and _frequencies(logits, 5.0, 1e-9, n=500)[1] == 1.0
+
+
+def test_sampling_follows_the_seed():
+    draw = lambda seed: [pick(np.zeros(50), 1.0, 1.0, rng) for rng in [np.random.default_rng(seed)] for _ in range(30)]
+    assert draw(3) == draw(3) and draw(3) != draw(4)
+
+
+# --- generation ------------------------------------------------------------------------------------------
+def test_greedy_answer_follows_the_script_and_stops_at_the_end_token(toy):
+    gen = toy.generate(_image(), max_new_tokens=100)
+    assert gen.text == SCRIPT and gen.label == "awe" and gen.well_formed and gen.stopped == "eos"
+    assert len(gen.token_ids) == len(SCRIPT) and toy.tokenizer.token_to_id(EOS) not in gen.token_ids
+    assert toy.decode(gen.token_ids) == SCRIPT and toy.encode(SCRIPT) == gen.token_ids
+
+
+def test_generation_stops_at_max_new_tokens(toy):
+    gen = toy.generate(_image(), max_new_tokens=9)
+    assert gen.text == SCRIPT[:9] and len(gen.token_ids) == 9 and gen.stopped == "length"
+    assert gen.label is None and not gen.well_formed
+
+
+def test_text_streams_token_by_token_during_generation(toy):
+    """Every decoded character is handed to ``on_text`` as soon as it exists, not once at the end."""
+    calls = []
+    real = toy.decoder
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def run(self, *args, **kwargs):
+            calls.append(None)
+            return real.run(*args, **kwargs)
+
+    chunks, seen_at = [], []
+
+    def on_text(piece):
+        chunks.append(piece)
+        seen_at.append(len(calls))
+
+    toy.decoder = Counting()
+    try:
+        gen = toy.generate(_image(), max_new_tokens=100, on_text=on_text)
+    finally:
+        toy.decoder = real
+    assert "".join(chunks) == gen.text == SCRIPT
+    assert len(chunks) == len(SCRIPT)  # one character per token with this tokenizer
+    # the k-th chunk arrives after the prefill and k-1 decode steps, long before the last one
+    assert seen_at == list(range(1, len(SCRIPT) + 1))
+
+
+def test_sampling_with_temperature_and_top_p(toy):
+    image = _image()
+    hot = [toy.generate(image, max_new_tokens=12, temperature=8.0, seed=s, label_probs=False).token_ids
+           for s in (1, 1, 2)]
+    assert hot[0] == hot[1] != hot[2]  # seeded, and really sampled
+    assert hot[0][:12] != toy.encode(SCRIPT)[:12]
+    narrow = toy.generate(image, max_new_tokens=12, temperature=8.0, top_p=1e-6, seed=2, label_probs=False)
+    assert narrow.text == SCRIPT[:12]  # top_p that keeps one token is greedy
+
+
+def test_the_image_reaches_the_decoder(toy):
+    dark, light = (toy.vision.run(None, {"pixel_values": toy.pixel_values(_image(v))})[0] for v in (20, 230))
+    assert dark.shape == (1, IMAGE_SLOTS, 16) and not np.allclose(dark, light)
+    (a, _), (b, _) = toy.prefill(dark), toy.prefill(light)
+    assert a.shape[1] == len(toy.prompt_ids) and not np.allclose(a[0, -1], b[0, -1])
+    # the features land in the image slots: zero features equal a prompt whose slots hold zeros
+    zero, _ = toy.prefill(np.zeros_like(dark))
+    embeds = toy.embed.run(None, {"input_ids": toy.prompt_ids[None]})[0]
+    embeds[0, toy.prompt_ids == toy.image_token_id] = 0
+    n = len(toy.prompt_ids)
+    ref, _ = toy._decode(embeds, np.ones((1, n), np.int64), np.arange(n)[None],
+                         [np.zeros((1, 1, 0, 16), np.float32)] * 2)
+    assert np.allclose(zero, ref, atol=1e-6)
+    with pytest.raises(PackageError, match=f"prompt has {IMAGE_SLOTS} image slots, vision gives 3"):
+        toy.prefill(dark[:, :3])
+
+
+def test_pixel_values_can_be_passed_directly(toy):
+    image = _image(60)
+    pv = toy.pixel_values(image)
+    assert pv.shape == (1, 3, 8, 8) and pv.dtype == np.float32
+    assert toy.generate(pixel_values=pv, max_new_tokens=5).token_ids == toy.generate(image, max_new_tokens=5).token_ids
+
+
+def test_timings_are_measured_around_the_steps(toy):
+    t0 = time.perf_counter()
+    gen = toy.generate(_image(), max_new_tokens=100)
+    wall = time.perf_counter() - t0
+    assert 0 < gen.preprocess_s < gen.ttft_s and 0 < gen.vision_s < gen.ttft_s
+    assert gen.preprocess_s + gen.vision_s < gen.ttft_s  # the prefill and first pick come after both
+    assert 0 < gen.decode_s and gen.ttft_s + gen.decode_s + gen.label_s <= wall
+    assert 0 < gen.label_s
+    assert gen.tokens_per_s == pytest.approx((len(gen.token_ids) - 1) / gen.decode_s)
+
+
+def test_tokens_per_second_counts_the_tokens_after_the_first():
+    base = dict(text="", label=None, well_formed=False, ttft_s=0.1)
+    assert Generation(token_ids=[1, 2, 3, 4, 5], decode_s=2.0, **base).tokens_per_s == 2.0
+    assert Generation(token_ids=[1], decode_s=1.0, **base).tokens_per_s == 0.0
+    assert Generation(token_ids=[1, 2], decode_s=0.0, **base).tokens_per_s == 0.0
+    assert Generation(token_ids=[], decode_s=1.0, **base).tokens_per_s == 0.0
+
+
+# --- label probabilities against a cache-free recomputation ----------------------------------------------
+def _oracle_probs(pkg: Package, image, prefix: str) -> dict[str, float]:
+    """Each label's ``label</answer>`` scored after prompt + prefix by one full forward pass, no cache."""
+    features = pkg.vision.run(None, {"pixel_values": pkg.pixel_values(image)})[0]
+    context = [*pkg.prompt_ids.tolist(), *pkg.encode(prefix)]
+    sums = {}
+    for label in pkg.labels:
+        target = pkg.encode(label + "</answer>")
+        ids = np.asarray([context + target], np.int64)
+        embeds = pkg.embed.run(None, {"input_ids": ids})[0]
+        embeds[0, ids[0] == pkg.image_token_id] = features[0]
+        n = ids.shape[1]
+        logits, _ = pkg._decode(embeds, np.ones((1, n), np.int64), np.arange(n)[None],
+                                [np.zeros((1, 1, 0, 16), np.float32)] * 2)
+        z = logits[0, len(context) - 1:-1].astype(np.float64)
+        logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+        sums[label] = float(logp[np.arange(len(target)), target].sum())
+    top = max(sums.values())
+    total = math.log(sum(math.exp(v - top) for v in sums.values())) + top
+    return {label: v - total for label, v in sums.items()}  # log-probabilities
+
+
+@pytest.mark.parametrize("max_new_tokens,prefix,forced", [
+    (100, "<think>grey sky</think><answer>", False),  # the model's own answer
+    (10, "<think>gre</think><answer>", True),  # cut by the length: scored after the reasoning + a bridge
+    (8, "<think>g</think><answer>", True),
+])
+def test_label_probabilities_equal_a_cache_free_recomputation(toy, max_new_tokens, prefix, forced):
+    for value in (40, 210):
+        image = _image(value)
+        gen = toy.generate(image, max_new_tokens=max_new_tokens)
+        assert gen.label_probs_forced is forced and list(gen.label_probs) == list(EMOTIONS)
+        assert sum(gen.label_probs.values()) == pytest.approx(1.0, abs=1e-9)
+        want = _oracle_probs(toy, image, prefix)
+        got = {k: math.log(v) for k, v in gen.label_probs.items()}
+        assert max(abs(got[k] - want[k]) for k in want) < 1e-3, (got, want)
+
+
+def test_label_only_packages_force_after_the_answer_tag(tmp_path):
+    pkg = Package(build_toy_package(tmp_path / "label", style="label", script="<answer>fear</answer>"))
+    assert pkg.style == "label"
+    full = pkg.generate(_image(), max_new_tokens=50)
+    assert full.label == "fear" and not full.label_probs_forced
+    image = _image()
+    cut = pkg.generate(image, max_new_tokens=3)
+    want = _oracle_probs(pkg, image, "<an<answer>")
+    assert cut.label_probs_forced
+    assert max(abs(math.log(cut.label_probs[k]) - want[k]) for k in want) < 1e-3
+
+
+def test_label_scoring_can_be_skipped(toy):
+    gen = toy.generate(_image(), max_new_tokens=100, label_probs=False)
+    assert gen.label_probs == {} and not gen.label_probs_forced and gen.label_s < 0.05
+
+
+# --- the package itself ----------------------------------------------------------------------------------
+def test_a_package_describes_itself(toy, toy_dir):
+    assert toy.name == "toy_stage onnx fp32" and toy.labels == list(EMOTIONS) and toy.style == "cot"
+    assert toy.eos_ids == {toy.tokenizer.token_to_id(EOS)} and toy.past_names == ["past.0.key", "past.0.value"]
+    assert read_manifest(toy_dir) == json.loads((toy_dir / "manifest.json").read_text())
+    assert toy.decoder.get_providers() == ["CPUExecutionProvider"]
+    one = Package(toy_dir, threads=1)
+    assert one.decoder.get_session_options().intra_op_num_threads == 1
+
+
+def test_a_package_without_a_stage_or_style_has_defaults(tmp_path, toy_dir):
+    pkg = tmp_path / "p"
+    shutil.copytree(toy_dir, pkg)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["source"] = {}
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    loaded = Package(pkg)
+    assert loaded.name == "model onnx fp32" and loaded.style == "cot"
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: shutil.rmtree(p), "no package at"),
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda p: (p / "manifest.json").write_text("{"), "corrupted"),
+    (lambda p: _edit(p, format_version=2), "format_version 2, this runtime reads 1"),
+    (lambda p: (p / "decoder.onnx").unlink(), "incomplete: decoder.onnx is missing"),
+    (lambda p: (p / "embed.onnx").write_bytes((p / "embed.onnx").read_bytes()[:-1]), "embed.onnx has .* bytes"),
+    (lambda p: (p / "vision.onnx").write_bytes(b"x" * (p / "vision.onnx").stat().st_size),
+     "a graph does not load"),
+])
+def test_damaged_packages_are_refused_clearly(tmp_path, toy_dir, damage, message):
+    pkg = tmp_path / "pkg"
+    shutil.copytree(toy_dir, pkg)
+    damage(pkg)
+    with pytest.raises(PackageError, match=message):
+        Package(pkg)
+
+
+def _edit(pkg, **changes):
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    (pkg / "manifest.json").write_text(json.dumps({**manifest, **changes}))
