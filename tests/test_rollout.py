@@ -28,6 +28,19 @@ def _inputs(processor, n=2):
     return _probe_inputs(processor, n)
 
 
+def _spy_generate(copy: RolloutCopy) -> list:
+    """Count the calls that reach the copy's own ``generate`` (the routing under test)."""
+    calls, real = [], copy.model.generate
+
+    def generate(*args, **kwargs):
+        config = kwargs.get("generation_config")  # trl passes its own; a plain call passes max_new_tokens
+        calls.append(kwargs.get("max_new_tokens") or config.max_new_tokens)
+        return real(*args, **kwargs)
+
+    copy.model.generate = generate
+    return calls
+
+
 def _token_logps(model, inputs, sequences):
     with torch.no_grad():
         full = {**inputs, "input_ids": sequences,
@@ -41,10 +54,15 @@ def _token_logps(model, inputs, sequences):
 def test_sampled_tokens_have_the_same_logprobs_under_copy_and_policy(tiny_dirs, family):
     policy, processor = _policy(tiny_dirs, family)
     copy = RolloutCopy(policy)
+    calls = _spy_generate(copy)
     inputs = _inputs(processor)
     torch.manual_seed(1)
     with copy.serving(policy), torch.no_grad():
         out = policy.generate(**inputs, max_new_tokens=8, do_sample=True, temperature=1.0)
+    assert calls == [8]  # the policy's generate ran on the copy
+    with torch.no_grad():  # outside the block the policy generates itself again
+        policy.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert calls == [8]
     gap = (_token_logps(policy, inputs, out) - _token_logps(copy.model, inputs, out)).abs().max()
     assert gap < 1e-4, f"log-prob gap {gap:.2e}"
     assert "generate" not in policy.__dict__  # the routing is scoped
@@ -98,10 +116,17 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
 
     monkeypatch.setitem(rewards.REWARDS, "varied",
                         lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
-    refreshes = []
-    real = rollout.RolloutCopy.refresh
+    refreshes, copies, generations = [], [], []
+    real_refresh, real_init = rollout.RolloutCopy.refresh, rollout.RolloutCopy.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        copies.append(self)
+        generations.append(_spy_generate(self))
+
+    monkeypatch.setattr(rollout.RolloutCopy, "__init__", init)
     monkeypatch.setattr(rollout.RolloutCopy, "refresh",
-                        lambda self, model, step=None: (refreshes.append(step), real(self, model, step))[1])
+                        lambda self, model, step=None: (refreshes.append(step), real_refresh(self, model, step))[1])
     small = {"max_steps": 3, "save_steps": 10, "logging_steps": 1, "batch_size": 4}
     grpo = {**small, "num_generations": 2, "max_completion_length": 8, "rollout": "dense",
             "rewards": ["format", "varied"]}
@@ -112,6 +137,61 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
     train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     # the initial build refreshes (step None), then one refresh per rollout after an optimizer step
     assert refreshes[0] is None and refreshes[1:] == [1, 2]
+    # one copy, and every one of the 3 rollouts (one per optimizer step here) generated on it
+    assert len(copies) == 1 and generations[0] == [8, 8, 8]
+
+
+@pytest.mark.parametrize("rollout_knob,on_cuda,dense", [
+    ("dense", False, True), ("dense", True, True), ("auto", True, True), ("auto", False, False),
+    ("trl", True, False), ("trl", False, False)])
+def test_the_rollout_knob_chooses_the_dense_copy(rollout_knob, on_cuda, dense, monkeypatch, tmp_path):
+    """README: on CUDA (``rollout: auto``) and whenever ``rollout: dense``, GRPO samples from the dense copy;
+    the trainer class that does it is what ``build_grpo_trainer`` picks."""
+    from factory.train import common, grpo
+    from factory.train.runner import TrainConfig
+    from factory.train.stages import resolve_stage
+
+    monkeypatch.setattr(grpo, "cuda", lambda: on_cuda)
+    stage = resolve_stage("2_grpo_format", {"rollout": rollout_knob})
+    ctx = common.StageContext("2_grpo_format", stage, TrainConfig(), tmp_path, "base", tmp_path, tmp_path)
+    assert grpo.dense_rollouts(ctx) is dense
+
+
+@pytest.mark.gpu
+def test_grpo_on_cuda_samples_from_the_dense_copy_with_a_static_cache(tmp_path, synth_root, cot_dir, small_tiny_dirs,
+                                                                       monkeypatch):
+    """On CUDA with the default ``rollout: auto``: the copy is built, every rollout generates on it, and trl's
+    generation config asks for the static cache."""
+    from factory import config as config_lib
+    from factory import rewards
+    from factory.train import grpo, rollout
+    from factory.train.runner import TrainConfig, train
+
+    assert torch.cuda.is_available()
+    monkeypatch.setitem(rewards.REWARDS, "varied",
+                        lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
+    copies, generations, trainers = [], [], []
+    real_init, real_build = rollout.RolloutCopy.__init__, grpo.build_grpo_trainer
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        copies.append(self)
+        generations.append(_spy_generate(self))
+
+    monkeypatch.setattr(rollout.RolloutCopy, "__init__", init)
+    monkeypatch.setattr(grpo, "build_grpo_trainer", lambda ctx: trainers.append(real_build(ctx)) or trainers[-1])
+    small = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "batch_size": 4}
+    grpo_stage = {**small, "num_generations": 2, "max_completion_length": 8, "rewards": ["format", "varied"]}
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path), "name": "g", "data": str(synth_root), "cot": str(cot_dir),
+        "model": {"source": str(small_tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
+        "train": {"lora": {"r": 4, "alpha": 8}, "stages": {"1_sft": small, "2_grpo_format": grpo_stage}}})
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    assert type(trainers[0]).__name__ == "FastRolloutGRPOTrainer"
+    assert len(copies) == 1 and generations[0] == [8, 8]
+    assert copies[0].model.generation_config.cache_implementation == "static"
+    assert trainers[0].generation_config.cache_implementation == "static"
+    assert next(copies[0].model.parameters()).is_cuda
 
 
 def test_static_cache_stays_on_the_copy(tiny_dirs):
