@@ -81,13 +81,16 @@ def cot_dir(synth_root, tmp_path_factory):
     return out
 
 
-def train_label_adapter(base: str, data_root, out, steps: int = 160, seed: int = 0):
+def train_label_adapter(base: str, data_root, out, steps: int = 160, seed: int = 0, think: str | None = None):
     """LoRA (r16) + a trained output layer for label-only answers, with a plain loop that scores only the
     answer tokens (``logits_to_keep``). trl's SFTTrainer scores every position against the 151k-token head
     (60 steps took 604 s here, and its answers were still invalid); this loop takes ~0.4 s a step. It learns
     the same rows: the chat template's assistant turn, tokenized alone as trl does. 160 steps (~65 s): after
     80, some answers were so flat that the greedy label was not the most probable one; after 120 the model
-    used 3 labels; after 160 it uses 7, and every answer's top probability is ≥ 0.45 (measured)."""
+    used 3 labels; after 160 it uses 7, and every answer's top probability is ≥ 0.45 (measured).
+
+    ``think``: answer the CoT question with ``<think>{think}</think><answer>label</answer>`` instead (a
+    policy that writes the strict format, for GRPO under the real rewards)."""
     import random
 
     import torch
@@ -107,9 +110,11 @@ def train_label_adapter(base: str, data_root, out, steps: int = 160, seed: int =
     model = get_peft_model(loaded.model, LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.0, target_modules=loaded.family.lora_target_modules,
         modules_to_save=["lm_head"], task_type="CAUSAL_LM"))
-    prompt = render_prompt(processor, "label")
+    style = "label" if think is None else "cot"
+    prompt = render_prompt(processor, style)
     rows = []
-    for row in label_rows(read_split(data_root, "train", check_images="none").records):
+    records = read_split(data_root, "train", check_images="none").records
+    for row in label_rows(records) if think is None else cot_rows(records, think):
         answer = processor.apply_chat_template(row["prompt"] + row["completion"])[len(prompt):]
         inputs = processor(images=[[Image.open(row["image"]).convert("RGB")]], text=[prompt], return_tensors="pt")
         rows.append((inputs, tok(answer, add_special_tokens=False).input_ids))
@@ -145,6 +150,14 @@ def train_label_adapter(base: str, data_root, out, steps: int = 160, seed: int =
         torch.set_num_threads(threads)
     model.save_pretrained(out)
     return loss.item()
+
+
+def cot_rows(records, think: str) -> list[dict]:
+    """Rows like ``label_rows``' that answer the CoT question with a fixed reasoning text."""
+    from factory.prompts import build_messages, format_answer
+
+    return [{"prompt": build_messages("cot"), "image": str(r.image_path),
+             "completion": build_messages("cot", format_answer(r.emotion, think))[1:]} for r in records]
 
 
 @pytest.fixture(scope="session")

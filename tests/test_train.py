@@ -154,6 +154,9 @@ def test_stage_outputs_are_written(trained):
             assert (out / f).is_file(), f"{name}: {f} missing"
         assert any((out / "tensorboard").iterdir())
         assert results[name]["eval"]["n"] == 4
+    # checkpoints keep the last two: stage 4 saved after each of its 4 steps
+    kept = sorted(p.name for p in (cfg.run_dir / "4_clgrpo" / "checkpoints").glob("checkpoint-*"))
+    assert kept == ["checkpoint-3", "checkpoint-4"]
     history = json.loads((cfg.run_dir / "4_clgrpo" / "log_history.json").read_text())
     logged = set().union(*history)
     assert {"clip_ratio/low_mean", "rewards/format_reward/mean", "rewards/accuracy_reward/mean"} <= logged
@@ -286,19 +289,99 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, c
     assert max(r["step"] for r in history) == 4
 
 
-def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path):
+def _lora_matches_saved(live: dict, adapter_dir: Path) -> None:
+    """Every tensor of the saved adapter equals the live model's (peft adds ".default" to the names)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    assert len(saved) == len([n for n in live if "lora_" in n])
+    for key, tensor in saved.items():
+        name = next((n for n in live if n.replace(".default", "") == key), None)
+        assert name is not None and torch.equal(live[name], tensor), f"{key} is not the saved adapter's"
+
+
+@pytest.mark.parametrize("stage", ["0_baseline", "2_grpo_format"])
+def test_an_adapter_without_evaluation_is_only_evaluated(trained, tmp_path, monkeypatch, stage):
+    """The evaluated model is the stage's saved adapter, frozen: not a fresh one (which would be the base),
+    and not the parent's (which a stage with a parent loads to continue it)."""
     import shutil
+
+    import factory.evaluate
 
     cfg, results = trained[:2]
     shutil.copytree(cfg.run_dir, tmp_path / "t")
     cfg2 = config_lib.build(TrainConfig, {**config_lib.to_dict(cfg), "output_dir": str(tmp_path)})
-    out = cfg2.run_dir / "0_baseline"
+    out = cfg2.run_dir / stage
     (out / "done.json").unlink()
     stamp = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    again = train(cfg2, ["0_baseline"], progress=False)
-    assert again["0_baseline"]["eval"] == results["0_baseline"]["eval"]
+    evaluated, real = [], factory.evaluate.evaluate
+
+    def spy(model, *args, **kwargs):
+        evaluated.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        assert not any(p.requires_grad for p in model.parameters())
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(factory.evaluate, "evaluate", spy)
+    again = train(cfg2, [stage], progress=False)
+    assert len(evaluated) == 1
+    _lora_matches_saved(evaluated[0], out / "adapter")
+    assert any(t.any() for n, t in evaluated[0].items() if "lora_B" in n)  # trained, not a fresh zero B
+    assert again[stage]["eval"] == results[stage]["eval"]
     assert (out / "done.json").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+
+
+def test_cli_train_success_prints_the_stage_table(tmp_path, synth_root, cot_dir, small_tiny_dirs, capsys):
+    from factory.cli import main
+
+    argv = ["train", "--stages", "1", "--output-dir", str(tmp_path), "--name", "c", "--data", str(synth_root),
+            "--cot", str(cot_dir), "-q", f"model.source={small_tiny_dirs('internvl')}", "train.lora.r=4",
+            "train.stages.1_sft.max_steps=1", "train.stages.1_sft.batch_size=2", "eval.limit=2",
+            "eval.max_new_tokens=4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("stage"):]
+    assert "1_sft" in table and "format" in table.splitlines()[0]
+    run = tmp_path / "c" / "1_sft"
+    assert json.loads((run / "done.json").read_text())["eval"]["n"] == 2
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((run / "log_history.json").read_text())[-1]["step"] == 1
+
+
+def test_grpo_moves_under_the_production_rewards_alone(tmp_path, synth_root, small_tiny_dirs):
+    """Stages 2 and 3 with only the stage table's rewards (format; format + accuracy), from a policy whose
+    completions are well formed about a third of the time (25 steps of SFT on ``<think>a photo</think>
+    <answer>label</answer>``, measured 9 of 24 samples): the rewards spread within groups and the adapter
+    moves. From a random policy they are all 0 and GRPO's update is exactly zero."""
+    from conftest import train_label_adapter
+
+    stages = {name: {**GRPO_TINY, "num_generations": 4, "batch_size": 8, "max_completion_length": 16,
+                     "max_steps": 2} for name in ("2_grpo_format", "3_grpo_accuracy")}
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path), "name": "p", "data": str(synth_root),
+        "model": {"source": str(small_tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 16},
+        "train": {"stages": stages}})
+    train_label_adapter(cfg.model.source, synth_root, cfg.run_dir / "1_sft" / "adapter", steps=25, think="a photo")
+    snaps, finals = Snapshots(), {}
+
+    def keep(ctx):
+        model, processor, metrics = run_grpo(ctx)
+        finals[ctx.name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return model, processor, metrics
+
+    run_grpo = grpo.run_grpo
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grpo, "load_policy", snaps.wrap(common.load_policy))
+        mp.setattr(grpo, "run_grpo", keep)
+        train(cfg, list(stages), progress=False)
+    for name in stages:
+        assert cfg.stage(name).rewards == STAGES[name].rewards
+        history = json.loads((cfg.run_dir / name / "log_history.json").read_text())
+        assert max(row.get("rewards/format_reward/std", 0) for row in history) > 0, name
+        assert max(row.get("rewards/format_reward/mean", 0) for row in history) > 0, name
+        moved = [n for n in snaps.loaded[name] if "lora_" in n and not torch.equal(snaps.loaded[name][n],
+                                                                                    finals[name][n])]
+        assert moved, f"{name}: the production rewards did not move the adapter"
 
 
 def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, synth_root, cot_dir, small_tiny_dirs):
