@@ -45,6 +45,9 @@ class ExportConfig:
     out: str | None = None  # default: <run>/export
     quant: list[str] = field(default_factory=lambda: list(QUANTS))
     block_size: int = 32  # int4 MatMulNBits block size
+    # int4 MatMulNBits compute precision (onnxruntime's accuracy_level): 4 = int8 activations, the fast CPU
+    # path; 1 = fp32 (slower, closest to the fp32 graph); 0 leaves it unset (onnxruntime then computes in fp32)
+    accuracy_level: int = 4
     validate_images: int = 4  # real images compared token by token against PyTorch
     max_new_tokens: int = 48
     overwrite: bool = False
@@ -57,6 +60,8 @@ class ExportConfig:
             raise ExportError("give either --run (with --stage) or --model")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ExportError(f"block_size must be a power of two ≥ 16, got {self.block_size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ExportError(f"accuracy_level must be 0-4 (onnxruntime MatMulNBits), got {self.accuracy_level}")
 
 
 def _log(msg: str) -> None:
@@ -176,7 +181,7 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
     return refs
 
 
-def _quantize(src: Path, dst: Path, quant: str, block_size: int) -> None:
+def _quantize(src: Path, dst: Path, quant: str, int4: dict) -> None:
     """Quantize the fp32 graphs in ``src`` into ``dst`` with onnxruntime's quantizers."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -199,7 +204,8 @@ def _quantize(src: Path, dst: Path, quant: str, block_size: int) -> None:
             shutil.copy(f, dst / f.name)
     else:
         model = onnx.load(str(src / DECODER))
-        q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True)
+        q = MatMulNBitsQuantizer(model, block_size=int4["block_size"], is_symmetric=True,
+                                 accuracy_level=int4["accuracy_level"] or None)
         q.process()
         onnx.save_model(q.model.model, str(dst / DECODER),
                         save_as_external_data=q.model.model.ByteSize() > 1_800_000_000)
@@ -224,7 +230,7 @@ def token_ids(model, family, tokenizer) -> dict:
             "pad_token_id": tokenizer.pad_token_id}
 
 
-def _write_package(pkg: Path, quant: str, block_size: int, family, processor, dims: dict, spec: dict,
+def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: dict, spec: dict,
                    ids: list[int], tokens: dict, provenance: dict, validation: dict, merge_gap: float) -> dict:
     """Tokenizer, manifest and model card next to the graphs."""
     from factory.prompts import EMOTIONS, question
@@ -242,7 +248,7 @@ def _write_package(pkg: Path, quant: str, block_size: int, family, processor, di
         "prompt": {"question": question(provenance.get("question_style", "cot")), "input_ids": ids},
         "chat_template": processor.chat_template,
         "labels": list(EMOTIONS),
-        "quantization": {"name": quant, **({"method": "MatMulNBits", "bits": 4, "block_size": block_size,
+        "quantization": {"name": quant, **({"method": "MatMulNBits", "bits": 4, **int4,
                                            "vision": "int8 dynamic", "embed": "int8"} if quant == "int4" else
                                           {"method": "quantize_dynamic QInt8", "embed": "fp32"} if quant == "int8"
                                           else {"method": "none"})},
@@ -337,11 +343,12 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
     dims = export_graphs(model, family, torch.from_numpy(refs[0]["pixel_values"]), fp32)
     manifests = {}
     order = ["fp32"] + [q for q in cfg.quant if q != "fp32"]
+    int4 = {"block_size": cfg.block_size, "accuracy_level": cfg.accuracy_level}
     for quant in order:
         pkg = tmp / quant
         if quant != "fp32":
-            _quantize(fp32, pkg, quant, cfg.block_size)
-        _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, tokens, provenance,
+            _quantize(fp32, pkg, quant, int4)
+        _write_package(pkg, quant, int4, family, processor, dims, spec, ids, tokens, provenance,
                        {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
                         "label_agreement": 0.0}, merge_gap)
         validation = compare(Package(pkg), refs, cfg.max_new_tokens)
@@ -351,7 +358,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
                     f"fp32 ONNX does not match PyTorch: max |Δlogits| {validation['max_abs_logit_diff']:.2e} "
                     f"(tolerance {family.onnx.tolerance:g}), identical greedy tokens on "
                     f"{validation['greedy_tokens_identical']:.0%} of {validation['images']} images")
-        manifests[quant] = _write_package(pkg, quant, cfg.block_size, family, processor, dims, spec, ids, tokens,
+        manifests[quant] = _write_package(pkg, quant, int4, family, processor, dims, spec, ids, tokens,
                                           provenance, validation, merge_gap)
         m = manifests[quant]
         _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "

@@ -139,6 +139,7 @@ def cmd_export(args) -> int:
     quant = args.quant.split(",") if args.quant else None
     cfg = config_lib.load(ExportConfig, args.config, _overrides(args, {
         "run": "run", "stage": "stage", "model": "model", "out": "out", "block_size": "block_size",
+        "accuracy_level": "accuracy_level",
         "overwrite": "overwrite"}) + ([f"quant={json.dumps(quant)}"] if quant else []))
     manifests = export(cfg)
     for quant, m in manifests.items():
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <run>/export); built in <out>.tmp, renamed when valid")
     p.add_argument("--quant", help="comma-separated subset of fp32,int8,int4 (default all)")
     p.add_argument("--block-size", dest="block_size", type=int, help="int4 MatMulNBits block size (default 32)")
+    p.add_argument("--accuracy-level", dest="accuracy_level", type=int, choices=range(5),
+                   help="int4 MatMulNBits compute precision: 4 int8 (default, fast on CPU), 1 fp32, 0 unset")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out")
 
     bench = sub.add_parser("bench", help="benchmarks: accuracy per model and class; latency, size, memory").add_subparsers(

@@ -79,6 +79,7 @@ class ExportStepConfig:
     enabled: bool = True  # export the last trained stage to ONNX at the end of the run
     quant: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
     block_size: int = 32
+    accuracy_level: int = 4  # int4 MatMulNBits compute precision: 4 int8 (fast on CPU), 1 fp32
 
 
 @dataclass
@@ -338,7 +339,8 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
             manifests[quant] = json.loads(mf.read_text())
     if set(manifests) != set(cfg.export.quant) or any(m["source"].get("stage") != stage for m in manifests.values()):
         manifests = export(ExportConfig(run=str(cfg.run_dir), stage=stage, out=str(out), quant=cfg.export.quant,
-                                        block_size=cfg.export.block_size, overwrite=True))
+                                        block_size=cfg.export.block_size,
+                                        accuracy_level=cfg.export.accuracy_level, overwrite=True))
     else:
         _log(f"export of {stage} already at {out}, reused")
     return {q: {"path": str(out / q), "mb": round(m["size_bytes"] / 1e6, 2),
