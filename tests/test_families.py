@@ -130,8 +130,12 @@ def test_small_tokenizer_holds_format_tokens_and_template_takes_both_content_kin
     as_list = processor.apply_chat_template(build_messages(answer="hi"))
     as_str = processor.apply_chat_template([{"role": "user", "content": "hello"},
                                             {"role": "assistant", "content": "hi"}])
-    assert "hello" in as_str and "hi" in as_str
-    assert as_list.count("hi") >= 1
+    # the answer is the assistant turn, right after the generation prompt, in either content form (the
+    # question alone holds "hi" too: "which", "this")
+    prompt = processor.apply_chat_template(build_messages(), add_generation_prompt=True)
+    assert as_list.startswith(prompt) and as_list[len(prompt):].lstrip().startswith("hi")
+    user = processor.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    assert as_str.startswith(user) and "hello" in user and as_str[len(user):].lstrip().startswith("hi")
 
 
 def test_unknown_family_and_model_type_are_clear_errors():
@@ -145,18 +149,46 @@ def test_unknown_family_and_model_type_are_clear_errors():
         family_of(FakeConfig())
 
 
+def _processed(processor, family: str, image):
+    """(pixel_values shape, image tokens in the prompt, Qwen2-VL's image grid) for one image."""
+    from factory.prompts import render_prompt
+
+    out = processor(images=[[image]], text=[render_prompt(processor)], return_tensors="np")
+    tokens = int((out["input_ids"] == get_family(family).image_token_id(processor.tokenizer)).sum())
+    return out["pixel_values"].shape, tokens, out.get("image_grid_thw")
+
+
 def test_load_model_applies_image_policy(tiny_dirs, tmp_path):
+    """The README's image policies as load_model applies them to the real processor settings, seen in what
+    the processor makes of a large 1100 x 700 image."""
+    from transformers import AutoProcessor
+
     from factory.models import load_model
 
+    big, small_image = _image(size=700, seed=3).resize((1100, 700)), _image()
     loaded = load_model(tiny_dirs("internvl"), dtype="float32", device="cpu")
     assert loaded.processor.image_processor.crop_to_patches is False
     assert loaded.processor.image_processor.max_patches == 1  # the real setting allows 12 tiles
     assert loaded.family.name == "internvl"
+    # one 448² tile whatever the size (the real settings: 6 tiles + a thumbnail here)
+    (shape, tokens, _), (_, tokens_small, _) = (_processed(loaded.processor, "internvl", im) for im in (big,
+                                                                                                    small_image))
+    assert shape == (1, 3, 448, 448) and tokens == tokens_small
+    assert _processed(AutoProcessor.from_pretrained(tiny_dirs("internvl")), "internvl", big)[0][0] == 7
     loaded = load_model(tiny_dirs("smolvlm"), dtype="float32", device="cpu")
     assert loaded.processor.image_processor.do_image_splitting is False  # the real setting splits
+    # one global 512² image (the real settings: 12 crops + the global image)
+    shape, tokens, _ = _processed(loaded.processor, "smolvlm", big)
+    assert shape == (1, 1, 3, 512, 512) and tokens == _processed(loaded.processor, "smolvlm", small_image)[1]
+    assert _processed(AutoProcessor.from_pretrained(tiny_dirs("smolvlm")), "smolvlm", big)[0][1] == 13
     loaded = load_model(tiny_dirs("qwen2vl"), dtype="float32", device="cpu")
     # A cap on the real 12.8 MP: at most 448² pixels.
     assert loaded.processor.image_processor.size.longest_edge == 448 * 448
+    # at most 448² pixels = 1024 patches of 14², 256 tokens after the 2 x 2 merge (the real settings: 975)
+    _, tokens, grid = _processed(loaded.processor, "qwen2vl", big)
+    patch = loaded.processor.image_processor.patch_size
+    assert int(grid.prod()) * patch * patch <= 448 * 448 and 200 < tokens <= 256
+    assert _processed(AutoProcessor.from_pretrained(tiny_dirs("qwen2vl")), "qwen2vl", big)[1] > 900
     # A cap keeps a smaller value: the small-tokenizer tiny model asks for fewer pixels than the policy allows.
     from factory.tiny import save_tiny
 
