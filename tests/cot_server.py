@@ -24,6 +24,7 @@ class Script:
         self.delay = delay
         self.calls: Counter = Counter()  # (model, image hash) -> calls
         self.auth_headers: list[str] = []
+        self.requests: list[dict] = []  # the request bodies as sent (image data left in)
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -55,6 +56,7 @@ def _handler(script: Script):
                 script.calls[(model, digest)] += 1
                 n = script.calls[(model, digest)]
                 script.auth_headers.append(self.headers.get("Authorization", ""))
+                script.requests.append(body)
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
             left = []

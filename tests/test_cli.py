@@ -1,8 +1,8 @@
 """The ``svlm`` command: help everywhere, synth → check, tiny models, the main job, clean errors."""
 
 import json
+import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -22,8 +22,10 @@ def test_help_on_every_subcommand(words, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "factory.cli", "model", "list"], capture_output=True, text=True,
-                         check=True).stdout
+    """The ``svlm`` executable that ``pip install`` puts on PATH (not ``python -m factory.cli``)."""
+    exe = shutil.which("svlm")
+    assert exe is not None, "the svlm console script is not on PATH: pip install -e ."
+    out = subprocess.run([exe, "model", "list"], capture_output=True, text=True, check=True).stdout
     assert "internvl (default)" in out and "smolvlm" in out and "qwen2vl" in out
 
 

@@ -90,6 +90,53 @@ def test_scripted_endpoints_each_behaviour_is_counted(synth_root, tmp_path, reco
     assert {a["teacher"] for a in rows[0]["attempts"]} == {t.name for t in teachers}
 
 
+def _student_question() -> str:
+    """The text of the user turn the student is trained and evaluated on (its image is a separate part)."""
+    from factory.prompts import build_messages
+
+    (user,) = build_messages("cot")
+    (text,) = [part["text"] for part in user["content"] if part["type"] == "text"]
+    return text
+
+
+def test_endpoint_teachers_are_asked_exactly_the_students_question(synth_root, tmp_path, records):
+    """One user turn: the image, then the student's question word for word, with no label and no hint."""
+    script = Script(labels_by_hash(records))
+    with ScriptedServer(script) as server:
+        build(CotConfig(data=str(synth_root), out=str(tmp_path / "cot"), limit=3,
+                      teachers=[_endpoint(server, "oracle")]), progress=False)
+    assert len(script.requests) == 3
+    for body in script.requests:
+        (turn,) = body["messages"]
+        assert turn["role"] == "user" and [p["type"] for p in turn["content"]] == ["image_url", "text"]
+        assert turn["content"][1]["text"] == _student_question()
+
+
+def test_local_teacher_is_asked_exactly_the_students_question(records, monkeypatch):
+    """The local transformers teacher renders the student's messages (image placeholder + question)."""
+    from types import SimpleNamespace
+
+    from factory.cot.teachers import LocalTeacher
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def template(messages, **kw):
+        seen.append(messages)
+        raise Stop
+
+    teacher = LocalTeacher(TeacherConfig(name="local", kind="local", model="unused"))
+    monkeypatch.setattr(teacher, "_load", lambda: SimpleNamespace(processor=SimpleNamespace(
+        apply_chat_template=template)))
+    with pytest.raises(Stop):
+        teacher.respond(records[0])
+    from factory.prompts import build_messages
+
+    assert seen == [build_messages("cot")]
+
+
 def test_concurrency_is_bounded_per_endpoint(synth_root, tmp_path, records):
     script = Script(labels_by_hash(records), delay=0.05)
     with ScriptedServer(script) as server:
