@@ -154,7 +154,7 @@ class Package:
         n = self.prompt_ids.shape[0]
         rng = np.random.default_rng(seed)
         out_ids: list[int] = []
-        text, stopped, first_at = "", "length", None
+        text, sent, stopped, first_at = "", 0, "length", None  # sent: characters of text handed to on_text
         for step in range(max_new_tokens):
             last = logits[0, -1].astype(np.float64)
             token = self._pick(last, temperature, top_p, rng)
@@ -164,13 +164,18 @@ class Package:
                 stopped = "eos"
                 break
             out_ids.append(token)
-            new_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-            if on_text is not None and len(new_text) > len(text):
-                on_text(new_text[len(text):])
-            text = new_text
+            text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+            # A byte-level BPE token can end inside a multi-byte character (Qwen2.5: "感" is two tokens), which
+            # decodes as U+FFFD until its last byte arrives; stream only up to there, so what was sent stays.
+            ready = len(text.rstrip("\ufffd"))
+            if on_text is not None and ready > sent:
+                on_text(text[sent:ready])
+                sent = ready
             pos = n + step
             emb = self.embed.run(None, {"input_ids": np.array([[token]], np.int64)})[0]
             logits, past = self._decode(emb, np.ones((1, pos + 1), np.int64), np.array([[pos]], np.int64), past)
+        if on_text is not None and len(text) > sent:  # stopped inside a character: its U+FFFD is the text
+            on_text(text[sent:])
         end = time.perf_counter()
         parsed = parse_answer(text)
         first_at = first_at or end

@@ -185,3 +185,84 @@ def test_evaluation_generates_and_scores_with_the_real_tokenizer(family, tiny_di
                         skip_special_tokens=True) for r in records]
     result = score(records, right)
     assert result.accuracy == 1.0 and result.format_rate == 1.0
+
+
+# --- the local CoT teacher: the family's image policy, as load_model applies it ----------------------------
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_local_teacher_asks_with_the_family_image_policy(family, tiny_dirs, tmp_path):
+    """The local teacher's request carries as many image tokens as load_model's processor makes of the image
+    (one tile / one global image / the pixel cap), fewer than the real processor settings would."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from factory.cot.teachers import LocalTeacher, TeacherConfig
+    from factory.models import load_model
+    from factory.prompts import render_prompt
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 1100, 3), dtype=np.uint8)).save(path)
+    teacher = LocalTeacher(TeacherConfig(name="local", kind="local", model=str(tiny_dirs(family)), max_tokens=2,
+                                         temperature=0.0, dtype="float32"))
+    loaded = teacher._load()
+    seen = {}
+    generate = loaded.model.generate
+    loaded.model.generate = lambda **kw: seen.setdefault("inputs", kw) and generate(**kw)
+    assert isinstance(teacher.respond(SimpleNamespace(image_path=path)), str)
+    fam = get_family(family)
+    image_id = fam.image_token_id(loaded.processor.tokenizer)
+    sent = int((seen["inputs"]["input_ids"] == image_id).sum())
+
+    def tokens(processor):
+        out = processor(images=[[Image.open(path).convert("RGB")]], text=[render_prompt(processor)],
+                        return_tensors="np")
+        return int((out["input_ids"] == image_id).sum())
+
+    assert sent == tokens(load_model(tiny_dirs(family), dtype="float32", device="cpu").processor)
+    assert sent < tokens(AutoProcessor.from_pretrained(tiny_dirs(family)))
+
+
+# --- the runtime streams text that a byte-level tokenizer splits inside a character -------------------------
+@pytest.mark.parametrize("family", ["internvl", "smolvlm"])
+def test_runtime_streams_characters_split_across_tokens(family, tiny_processors, tmp_path):
+    """Qwen2.5's and SmolVLM's byte-level BPE split "感" or "😀" over several tokens, and a prefix of them decodes
+    to U+FFFD. The runtime streams only complete characters, so the streamed pieces add up to the final text;
+    a generation cut inside a character still streams all of its text. (The toy package's decoder with the
+    family's real tokenizer; the decoder's choices are replaced by the scripted tokens.)"""
+    import numpy as np
+
+    from export.runtime import Package
+    from toy_package import build_toy_package
+
+    tok = tiny_processors(family).tokenizer.backend_tokenizer
+    text = "<think>Dark 感情, 😀 émotions</think><answer>fear</answer>"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    partial = [k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith("\ufffd")]
+    assert partial  # the script does split characters
+
+    pkg = Package(build_toy_package(tmp_path / "toy"))
+    vocab = pkg.tokenizer.get_vocab_size()
+    eos = next(iter(pkg.eos_ids))
+    assert eos not in ids
+    pkg.tokenizer = tok
+    embed = pkg.embed
+
+    class Embed:  # the toy's embedding table is small: any id maps onto it
+        def run(self, names, feed):
+            return embed.run(names, {"input_ids": feed["input_ids"] % vocab})
+
+    pkg.embed = Embed()
+    for limit in (len(ids) + 1, partial[0]):
+        script = iter([*ids, eos])
+        pkg._pick = lambda *args: next(script)
+        chunks = []
+        gen = pkg.generate(pixel_values=np.zeros((1, 3, 8, 8), np.float32), max_new_tokens=limit,
+                           on_text=chunks.append, label_probs=False)
+        assert "".join(chunks) == gen.text
+        if limit > len(ids):
+            assert gen.text == text and gen.label == "fear" and "\ufffd" not in "".join(chunks)
+            assert len(chunks) < len(ids)  # a split character waits for its last token
+        else:
+            assert gen.text.endswith("\ufffd") and gen.stopped == "length"
