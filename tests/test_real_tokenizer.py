@@ -266,3 +266,49 @@ def test_runtime_streams_characters_split_across_tokens(family, tiny_processors,
             assert len(chunks) < len(ids)  # a split character waits for its last token
         else:
             assert gen.text.endswith("\ufffd") and gen.stopped == "length"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_grpo_step_decodes_and_rewards_real_completions(family, tiny_dirs, synth_root, cot_dir, tmp_path,
+                                                            monkeypatch):
+    """One step of the GRPO runner (trl's GRPOTrainer) on the real-tokenizer tiny model: trl samples with the
+    family's image tokens and end-of-turn id, and the production rewards get each completion as the real
+    tokenizer decodes its ids, cut at the end-of-turn token, with the image's emotion."""
+    from factory import config as config_lib
+    from factory import rewards
+    from factory.train import grpo
+    from factory.train.common import StageContext
+    from factory.train.runner import TrainConfig
+
+    seen = []
+
+    def spying(name):
+        def reward(completions, completion_ids, emotion, **kw):
+            seen.append((name, completions, completion_ids, emotion, kw.get("prompts")))
+            return rewards.REWARDS[name](completions=completions, emotion=emotion, **kw)
+        reward.__name__ = f"{name}_reward"
+        return reward
+
+    monkeypatch.setattr(grpo, "get_rewards", lambda names: [spying(n) for n in names])
+    stage = {"parent": None, "rewards": ["format", "accuracy"], "max_steps": 1, "batch_size": 4, "grad_accum": 1,
+             "num_generations": 2, "max_completion_length": 8, "save_steps": 1, "logging_steps": 1}
+    cfg = config_lib.build(TrainConfig, {"output_dir": str(tmp_path), "name": "g", "data": str(synth_root),
+                                         "cot": str(cot_dir), "model": {"source": str(tiny_dirs(family))},
+                                         "train": {"lora": {"r": 4, "alpha": 8},
+                                                   "stages": {"3_grpo_accuracy": stage}}})
+    ctx = StageContext("3_grpo_accuracy", cfg.stage("3_grpo_accuracy"), cfg, tmp_path / "s", str(tiny_dirs(family)),
+                       synth_root, cot_dir, progress=False)
+    model, processor, _ = grpo.run_grpo(ctx)
+    tok, fam = processor.tokenizer, get_family(family)
+    eos = tok.convert_tokens_to_ids(fam.eos_token)
+    assert eos in set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+                      else [model.generation_config.eos_token_id])
+    assert {name for name, *_ in seen} == {"format", "accuracy"}
+    for name, completions, ids, emotion, _ in seen:
+        assert len(completions) == len(ids) == len(emotion) == 4 and set(emotion) <= set(EMOTIONS)
+        for completion, row in zip(completions, ids):
+            assert completion[0]["role"] == "assistant"
+            assert completion[0]["content"] == tok.decode(row, skip_special_tokens=True)
+            assert eos not in row[:-1] and 0 < len(row) <= 8  # cut at the end of turn
+    history = json.loads((tmp_path / "s" / "log_history.json").read_text())
+    assert any("rewards/format_reward/mean" in row for row in history)
