@@ -150,3 +150,69 @@ def test_batched_pytorch_scoring_equals_one_label_at_a_time(family, tiny_dirs, s
         sums[label] = float(logp[torch.arange(len(target)), torch.tensor(target)].sum())
     want = label_probabilities(sums)
     assert forced and max(abs(probs[k] - want[k]) for k in EMOTIONS) < 1e-6
+
+
+# --- SmolVLM (its own byte-level BPE; <answer> is 3 tokens there too) and the demo on every family --------
+@pytest.fixture(scope="module")
+def smolvlm_package(tiny_dirs, tmp_path_factory):
+    """An fp32 package of the real-tokenizer SmolVLM tiny model (no adapter)."""
+    from export.build import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("smolvlm") / "export"
+    export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(out), quant=["fp32"], validate_images=1,
+                        max_new_tokens=4))
+    return out / "fp32"
+
+
+def _script(pkg, ids):
+    """Make the package's decoder 'choose' ``ids`` and then its end token (its forward passes still run)."""
+    it = iter([*ids, next(iter(pkg.eos_ids))])
+    pkg._pick = lambda *args: next(it)
+
+
+@pytest.mark.parametrize("answer,limit,forced", [
+    ("<think>Dark rain.</think><answer>fear</answer>", 99, False),
+    ("<think>Dark rain, a cold", 99, True),
+    ("<think>Dark rain.</think><answer>fear</answer>", 12, True),  # cut inside the answer
+])
+def test_smolvlm_onnx_and_pytorch_probabilities_agree(smolvlm_package, tiny_dirs, images, answer, limit, forced):
+    """The runtime and the PyTorch path score the same SmolVLM completion alike, answered or forced."""
+    from benchmarks.models import TorchModel
+    from export.runtime import Package
+
+    pkg, m = Package(smolvlm_package), TorchModel(tiny_dirs("smolvlm"))
+    ids = m.processor.tokenizer.encode(answer, add_special_tokens=False)
+    _script(pkg, ids)
+    gen = pkg.generate(images[0], max_new_tokens=limit)
+    assert gen.token_ids == ids[:limit] and gen.label_probs_forced is forced
+    assert gen.label == (None if forced else "fear")
+    probs, torch_forced = m.label_probs(images[0], gen.token_ids)
+    assert torch_forced is forced and abs(sum(gen.label_probs.values()) - 1) < 1e-6
+    assert max(abs(probs[k] - gen.label_probs[k]) for k in EMOTIONS) < 1e-3
+
+
+def test_demo_streams_a_smolvlm_package_with_every_label_scored(smolvlm_package, synth_root):
+    from demo.app import Models, stream
+
+    model = Models().get(str(smolvlm_package))
+    image = str(next((synth_root / "image").rglob("*.jpg")))
+    events = list(stream(model, image, max_new_tokens=6))
+    kind, result = events[-1]
+    assert kind == "done" and result["tokens"] <= 6
+    assert set(result["probs"]) == set(EMOTIONS) and abs(sum(result["probs"].values()) - 1) < 1e-6
+    assert result["forced"] == (result["label"] is None)
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2vl"])  # InternVL: test_demo.py, on the trained baseline
+def test_demo_pytorch_path_streams_and_scores_every_label(family, tiny_dirs, synth_root):
+    """The demo's PyTorch variant on a plain real-tokenizer checkpoint (Qwen2-VL has no ONNX export yet, so
+    this is its demo path): streamed text, then every label scored after the reasoning."""
+    from demo.app import Models, stream
+
+    model = Models().get(str(tiny_dirs(family)))
+    image = str(next((synth_root / "image").rglob("*.jpg")))
+    events = list(stream(model, image, max_new_tokens=4))
+    kind, result = events[-1]
+    assert kind == "done" and result["tokens"] <= 4
+    assert set(result["probs"]) == set(EMOTIONS) and abs(sum(result["probs"].values()) - 1) < 1e-6
+    assert result["forced"] == (result["label"] is None)
