@@ -155,11 +155,11 @@ def test_batched_pytorch_scoring_equals_one_label_at_a_time(family, tiny_dirs, s
 # --- SmolVLM (its own byte-level BPE; <answer> is 3 tokens there too) and the demo on every family --------
 @pytest.fixture(scope="module")
 def smolvlm_package(tiny_dirs, tmp_path_factory):
-    """An fp32 package of the real-tokenizer SmolVLM tiny model (no adapter)."""
+    """fp32 and int4 packages of the real-tokenizer SmolVLM tiny model (no adapter); returns the fp32 one."""
     from export.build import ExportConfig, export
 
     out = tmp_path_factory.mktemp("smolvlm") / "export"
-    export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(out), quant=["fp32"], validate_images=1,
+    export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(out), quant=["fp32", "int4"], validate_images=1,
                         max_new_tokens=4))
     return out / "fp32"
 
@@ -194,7 +194,8 @@ def test_smolvlm_onnx_and_pytorch_probabilities_agree(smolvlm_package, tiny_dirs
 def test_demo_streams_a_smolvlm_package_with_every_label_scored(smolvlm_package, synth_root):
     from demo.app import Models, stream
 
-    model = Models().get(str(smolvlm_package))
+    model = Models().get(str(smolvlm_package.parent / "int4"))
+    assert model.manifest["quantization"]["method"] == "MatMulNBits"
     image = str(next((synth_root / "image").rglob("*.jpg")))
     events = list(stream(model, image, max_new_tokens=6))
     kind, result = events[-1]
