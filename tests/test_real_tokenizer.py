@@ -312,3 +312,15 @@ def test_one_grpo_step_decodes_and_rewards_real_completions(family, tiny_dirs, s
             assert eos not in row[:-1] and 0 < len(row) <= 8  # cut at the end of turn
     history = json.loads((tmp_path / "s" / "log_history.json").read_text())
     assert any("rewards/format_reward/mean" in row for row in history)
+
+
+def test_local_teacher_of_a_registered_family_never_falls_back_without_its_image_policy(tiny_dirs):
+    """A load error of a registered family (here a bad dtype) is reported; it used to be swallowed and the
+    model reloaded by the generic fallback, without the family's image policy (7 InternVL tiles, not 1)."""
+    from factory.cot.teachers import LocalTeacher, TeacherConfig
+    from factory.errors import SVLMError
+
+    teacher = LocalTeacher(TeacherConfig(name="local", kind="local", model=str(tiny_dirs("internvl")),
+                                         dtype="bf16"))
+    with pytest.raises(SVLMError, match="unknown dtype"):
+        teacher._load()

@@ -178,12 +178,17 @@ class LocalTeacher:
 
     def _load(self):
         if self._loaded is None:
-            from factory.errors import SVLMError
+            from transformers import AutoConfig
+
+            from factory.families import FAMILIES
             from factory.models import load_model
 
-            try:
+            model_type = AutoConfig.from_pretrained(self.cfg.model).model_type
+            if any(model_type in fam.model_types for fam in FAMILIES.values()):
+                # A registered family loads like every student: its image policy, dtype and 4-bit settings.
+                # Any error here is the user's to see; falling back would drop the image policy silently.
                 self._loaded = load_model(self.cfg.model, dtype=self.cfg.dtype, load_in_4bit=self.cfg.load_in_4bit)
-            except SVLMError:
+            else:
                 # Not a registered family: any image-text-to-text checkpoint still works as a teacher.
                 from types import SimpleNamespace
 
