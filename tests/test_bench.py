@@ -2,6 +2,7 @@
 and write reports that parse."""
 
 import json
+import sys
 
 import pytest
 
@@ -59,6 +60,41 @@ def test_accuracy_and_latency_reports_on_a_tiny_export(exported, baseline_run, s
         assert (tmp_path / name).stat().st_size > 0
     assert len(list(tmp_path.glob("confusion_*.png"))) == 2
     assert "| 0_baseline onnx-int8 |" in (tmp_path / "accuracy.md").read_text()
+
+
+def test_cli_bench_latency_times_each_model_in_its_own_process(exported, baseline_run, synth_root, tmp_path,
+                                                              monkeypatch, capsys):
+    """`svlm bench latency` from the command line: one child process per model (``--one SPEC``), none of the
+    timing in the calling process, and the report written and printed."""
+    import subprocess
+
+    from benchmarks import latency
+    from factory.cli import main
+
+    out_dir, _ = exported
+    models = [str(out_dir / "int8"), str(out_dir / "int4")]
+    launched = []
+    real_run = subprocess.run
+
+    def spy(cmd, *args, **kw):
+        launched.append(list(cmd))
+        return real_run(cmd, *args, **kw)
+
+    def not_here(*args, **kw):
+        raise AssertionError("a model was timed in the calling process")
+
+    monkeypatch.setattr(latency.subprocess, "run", spy)
+    monkeypatch.setattr(latency, "measure_one", not_here)
+    assert main(["bench", "latency", "--models", *models, "--data", str(synth_root), "--images", "1", "--runs", "1",
+                 "--warmup", "0", "--max-new-tokens", "4", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert [cmd[cmd.index("--one") + 1] for cmd in launched] == models  # one process each, in order
+    assert all(cmd[:3] == [sys.executable, "-m", "benchmarks.latency"] for cmd in launched)
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert [row["e2e_s"]["p50"] > 0 for row in report["models"]] == [True, True]
+    rss = [row["peak_rss_mb"] for row in report["models"]]
+    assert all(0 < r < latency.peak_rss_mb() for r in rss)  # a fresh process's peak, not this test session's
+    printed = capsys.readouterr().out
+    assert "latency.md" in printed and (tmp_path / "latency.md").read_text().strip()
 
 
 def test_bench_cli_rejects_what_is_not_a_model(tmp_path, synth_root, capsys):

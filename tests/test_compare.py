@@ -14,6 +14,16 @@ from export.compare import compare, first_divergence, until_eos
 EOS = 2
 # a character per token: 10 -> "<", 11 -> "a", ...; what the fake tokenizer decodes
 VOCAB = {10: "<answer>", 11: "awe", 12: "fear", 13: "</answer>", 14: "x"}
+SPECIAL = {15: "<|pad|>"}  # a special token: decoded as text only when special tokens are not skipped
+
+
+def _decode(ids, skip_special_tokens):
+    return "".join(VOCAB.get(i) or ("" if skip_special_tokens is True else SPECIAL[i]) for i in ids)
+
+
+def _vision(_, feed):
+    assert feed["pixel_values"].dtype == np.float32  # what the graph takes (onnxruntime refuses float64)
+    return [feed["pixel_values"][:, 0, 0, :1]]
 
 
 class FakePackage:
@@ -23,8 +33,8 @@ class FakePackage:
 
     def __init__(self, answers: list[list[int]], logits: list[np.ndarray]):
         self.answers, self.logits, self.asked = answers, logits, []
-        self.vision = SimpleNamespace(run=lambda _, feed: [feed["pixel_values"][:, 0, 0, :1]])
-        self.tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens: "".join(VOCAB[i] for i in ids))
+        self.vision = SimpleNamespace(run=_vision)
+        self.tokenizer = SimpleNamespace(decode=_decode)
 
     def prefill(self, feats):
         return self.logits[int(feats[0, 0])][None], []
@@ -112,3 +122,11 @@ def test_labels_are_parsed_from_pytorchs_tokens_and_the_packages_answer():
 def test_helpers():
     assert until_eos([EOS, 1], {EOS}) == [] and until_eos([1, 3], {EOS}) == [1, 3]
     assert first_divergence([], [1]) == 0 and first_divergence([4, 5], [4, 5]) == 2
+
+
+def test_reference_labels_are_decoded_as_the_runtime_decodes_its_own():
+    """Special tokens are skipped on both sides (the runtime's ``generate`` skips them), so a special token
+    inside PyTorch's answer does not turn its label into a parse failure; the vision graph gets float32."""
+    pkg, refs = _case([([10, 11, 15, 13, EOS], AWE)])
+    v = compare(pkg, refs, max_new_tokens=12)
+    assert v["labels_torch_onnx"] == [["awe", "awe"]] and v["label_agreement"] == 1.0
