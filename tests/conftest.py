@@ -24,18 +24,64 @@ def synth_root(tmp_path_factory):
 
 
 def _saved_tiny_models(tmp_path_factory, tokenizer: str):
-    """family name -> directory of a saved tiny model with this tokenizer (each built once, when asked)."""
+    """family name -> directory of a saved tiny model with this tokenizer (each built once, when asked).
+
+    ``SVLM_TEST_TINY_CACHE=DIR`` keeps them in DIR across pytest sessions (benchmarks/mutation.sh sets it: each
+    mutant is a fresh session; the models are random weights from a fixed seed, none of the mutated modules)."""
     from factory.tiny import save_tiny
 
     cache: dict[str, object] = {}
+    keep = os.environ.get("SVLM_TEST_TINY_CACHE")
 
     def get(family: str):
         if family not in cache:
-            cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}_{tokenizer}"),
-                                      tokenizer=tokenizer)
+            if keep:
+                from pathlib import Path
+
+                done = Path(keep) / f"{family}_{tokenizer}"
+                if not done.is_dir():
+                    tmp = Path(tmp_path_factory.mktemp(f"tiny_{family}_{tokenizer}"))
+                    save_tiny(family, "tiny", tmp / "m", tokenizer=tokenizer)
+                    done.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.rename(tmp / "m", done)  # atomic: a parallel session may have won the race
+                    except OSError:
+                        pass
+                cache[family] = done
+            else:
+                cache[family] = save_tiny(family, "tiny", tmp_path_factory.mktemp(f"tiny_{family}_{tokenizer}"),
+                                          tokenizer=tokenizer)
         return cache[family]
 
     return get
+
+
+#: Mutation testing (benchmarks/mutation.sh): the test files that judge each mutated module's mutants. mutmut
+#: runs every selected test that called the mutated function; a GRPO stage test that merely calls a prompt
+#: helper costs a minute per mutant and judges nothing about it, so each module keeps its own tests.
+MUTATION_SCOPE = {
+    "factory.rewards": ("test_rewards.py",),
+    "factory.prompts": ("test_prompts.py", "test_rewards.py", "test_compare.py", "test_runtime_unit.py"),
+    "factory.train.stages": ("test_train.py", "test_configs_dir.py", "test_rewards.py"),
+    "factory.train.rollout": ("test_rollout.py",),
+    "export.runtime": ("test_runtime_unit.py",),
+    "export.preprocess": ("test_preprocess.py", "test_runtime_unit.py"),
+    "export.compare": ("test_compare.py",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" not in mutant:
+        return
+    module = next((m for m in MUTATION_SCOPE if mutant.startswith(m + ".")), None)
+    if module is None:
+        return
+    keep = [item for item in items if item.path.name in MUTATION_SCOPE[module]]
+    drop = [item for item in items if item.path.name not in MUTATION_SCOPE[module]]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

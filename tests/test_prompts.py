@@ -1,6 +1,6 @@
 import pytest
 
-from factory.prompts import EMOTIONS, build_messages, format_answer, parse_answer, question
+from factory.prompts import EMOTIONS, build_messages, format_answer, parse_answer, question, render_prompt
 
 PARSE_TABLE = [
     # text, label, well_formed
@@ -61,3 +61,32 @@ def test_questions_name_every_emotion_and_messages_hold_an_image():
     assert msgs[0]["content"][0] == {"type": "image"}
     with pytest.raises(ValueError):
         question("nope")
+
+
+def test_render_prompt_asks_the_chat_template_for_the_generation_prompt():
+    calls = []
+
+    class Processor:
+        def apply_chat_template(self, messages, **kwargs):
+            calls.append((messages, kwargs))
+            return f"PROMPT{len(calls)}"
+
+    assert render_prompt(Processor()) == "PROMPT1" and render_prompt(Processor(), "label") == "PROMPT2"
+    assert calls == [(build_messages("cot"), {"add_generation_prompt": True}),
+                     (build_messages("label"), {"add_generation_prompt": True})]
+
+
+def test_the_questions_and_messages_exactly():
+    assert question() == question("cot")
+    assert "<think></think>" in question("cot") and question("cot").endswith("inside <answer></answer>.")
+    assert "<think>" not in question("label") and question("label").endswith(
+        "Answer with the emotion only, inside <answer></answer>.")
+    assert build_messages() == [{"role": "user", "content": [{"type": "image"},
+                                                             {"type": "text", "text": question("cot")}]}]
+    assert build_messages("label", "A")[1] == {"role": "assistant", "content": [{"type": "text", "text": "A"}]}
+    assert len(build_messages("label")) == 1
+
+
+def test_format_answer_strips_the_reasoning():
+    assert format_answer("awe", "  vast sky \n") == "<think>vast sky</think><answer>awe</answer>"
+    assert format_answer("fear") == "<answer>fear</answer>"
