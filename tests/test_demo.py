@@ -36,6 +36,22 @@ def served(exported):
     app.close()
 
 
+@pytest.fixture(scope="module")
+def toy_served(tmp_path_factory):
+    """`svlm demo`'s app over a runs folder holding only a toy ONNX package (tests/toy_package.py: real
+    onnxruntime graphs and a scripted answer, built in a second): for what needs no trained model."""
+    from toy_package import build_toy_package
+
+    from demo.app import launch
+
+    runs = tmp_path_factory.mktemp("toy_runs")
+    build_toy_package(runs / "toy" / "export" / "int8")
+    port = _free_port()
+    app = launch(str(runs), host="127.0.0.1", port=port, block=False)
+    yield app, f"http://127.0.0.1:{port}/", runs / "toy" / "export" / "int8"
+    app.close()
+
+
 def test_svlm_demo_passes_its_options_to_the_launcher(monkeypatch, tmp_path, capsys):
     import demo.app
     from factory.cli import main
@@ -48,12 +64,12 @@ def test_svlm_demo_passes_its_options_to_the_launcher(monkeypatch, tmp_path, cap
     assert "http://0.0.0.0:8001" in capsys.readouterr().out
 
 
-def test_served_app_limits_files_to_25_mb_and_queues_two_at_a_time_up_to_32(served, tmp_path):
+def test_served_app_limits_files_to_25_mb_and_queues_two_at_a_time_up_to_32(toy_served, tmp_path):
     """The limits `svlm demo` sets: a 26 MB upload is refused before it reaches the model; the queue runs two
     requests at a time and holds up to 32."""
     from gradio_client import Client, handle_file
 
-    app, url = served
+    app, url, _ = toy_served
     assert app.max_file_size == 25 * 1024 * 1024
     assert app._queue.default_concurrency_limit == 2 and app._queue.max_size == 32
     big = tmp_path / "big.png"
@@ -94,29 +110,31 @@ def test_client_round_trip_answers_with_an_emotion(served, synth_root):
     assert len(set(labels)) >= 2
 
 
-def test_reasoning_streams_token_by_token(served, exported, synth_root):
-    """The ONNX variant's text reaches the page while it is generated: one update per decoded token piece,
-    each extending the last, before the final answer."""
+def test_reasoning_streams_token_by_token(toy_served, tmp_path):
+    """An ONNX variant's text reaches the page while it is generated: one update per decoded token, each
+    extending the last, before the final answer (the toy package writes its scripted answer a character a
+    token)."""
     from gradio_client import Client, handle_file
+    from toy_package import SCRIPT
 
     from demo.app import Models, stream
 
-    out, _ = exported
-    image = str(next((synth_root / "image").rglob("*.jpg")))
-    events = list(stream(Models().get(str(out / "int8")), image, max_new_tokens=12))
+    app, url, package = toy_served
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(image)
+    events = list(stream(Models().get(str(package)), str(image), max_new_tokens=64))
     texts = [value for kind, value in events if kind == "text"]
     done = events[-1][1]
-    assert events[-1][0] == "done" and len(texts) >= 3 and texts[-1] == done["text"]
-    assert len(texts) >= done["tokens"] - 1  # about one piece per token (the end token adds no text)
-    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))
+    assert events[-1][0] == "done" and done["text"] == SCRIPT and texts[-1] == SCRIPT
+    assert len(texts) == done["tokens"] == len(SCRIPT)  # one update per token
+    assert all(b.startswith(a) and len(b) == len(a) + 1 for a, b in zip(texts, texts[1:]))
 
-    app, url = served
-    job = Client(url, verbose=False).submit(handle_file(image), _default_choice(app), api_name="/analyze")
+    job = Client(url, verbose=False).submit(handle_file(str(image)), _default_choice(app), api_name="/analyze")
     job.result()
     updates = [reasoning for reasoning, _, _ in job.outputs()]
-    assert len(updates) >= 3 and updates[-1].strip()
+    assert len(updates) >= 3 and updates[-1] == SCRIPT
     assert all(b.startswith(a) for a, b in zip(updates, updates[1:]))
-    assert [stats for _, _, stats in job.outputs()][0] == "generating…"
+    assert job.outputs()[0][2] == "generating…"
 
 
 def test_pytorch_variant_streams_and_scores_every_label(baseline_run, synth_root):

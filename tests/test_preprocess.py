@@ -117,15 +117,15 @@ def test_smolvlm_preprocessing_equals_the_pil_processor(smolvlm):
         assert np.abs(ours - ref.reshape(ours.shape)).max() < 1e-5
 
 
-@pytest.mark.parametrize("longest", [2048, 512, 5000, 9000])
+@pytest.mark.parametrize("longest", [2048, 512, 2049, 4096, 5000, 9000])
 def test_longest_edge_size_equals_transformers(longest):
-    """SmolVLM's first resize target for landscape, portrait, square, odd and extreme shapes, including the
-    4096-pixel cap (reached when longest_edge is over it)."""
+    """SmolVLM's first resize target for landscape, portrait, square, odd and extreme shapes, an odd longest
+    edge (which side is made even), and the 4096-pixel cap, reached exactly and from above."""
     from transformers.models.smolvlm.image_processing_pil_smolvlm import (
         MAX_IMAGE_SIZE, _resize_output_size_rescale_to_max_len, _resize_output_size_scale_below_upper_bound)
 
     for height, width in [(100, 100), (30, 71), (71, 30), (3, 200), (200, 3), (1, 5000), (5000, 1), (480, 641),
-                          (641, 480), (999, 1000), (1000, 999), (7, 7)]:
+                          (641, 480), (999, 1000), (1000, 999), (7, 7), (1, 11), (11, 1), (3, 25), (25, 3)]:
         h, w = _resize_output_size_rescale_to_max_len(height, width, max_len=longest)
         h, w = _resize_output_size_scale_below_upper_bound(h, w, max_len=MAX_IMAGE_SIZE)
         assert _longest_edge_size(width, height, longest) == (w, h), (height, width, longest)
@@ -167,3 +167,18 @@ def test_spec_survives_the_manifest(internvl):
     spec, _, _ = internvl
     img = _images()[1]
     assert np.array_equal(preprocess(img, json.loads(json.dumps(spec))), preprocess(img, spec))
+
+
+@pytest.mark.parametrize("resample", [0, 1, 2])  # nearest, Lanczos, bilinear (the real checkpoint: 3, bicubic)
+def test_the_specs_resampling_kernel_is_the_one_used(resample):
+    """The kernel comes from the manifest, not Pillow's default (bicubic, the same as InternVL's own)."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    cfg = _settings("internvl3-1b-hf", "processor_config.json")
+    pil = GotOcr2ImageProcessorPil(size=cfg["size"], image_mean=cfg["image_mean"], image_std=cfg["image_std"],
+                                   resample=resample, crop_to_patches=False)
+    spec = get_family("internvl").image_spec(SimpleNamespace(image_processor=pil))
+    assert spec["resample"] == resample
+    img = _images()[1]
+    ref = pil(images=[img], return_tensors="np")["pixel_values"]
+    assert np.abs(preprocess(img, spec) - ref).max() < 1e-5

@@ -53,3 +53,29 @@ def test_accuracy_reward_logs_each_class_through_trls_callback():
     assert rewards == [1.0, 0.0, 0.0, 0.0]
     assert logged == [(f"{ACCURACY_BY_CLASS}/fear", 1.0), (f"{ACCURACY_BY_CLASS}/fear", 0.0),
                       (f"{ACCURACY_BY_CLASS}/awe", 0.0), (f"{ACCURACY_BY_CLASS}/awe", 0.0)]
+
+
+def test_accuracy_reward_refuses_completions_and_labels_of_different_lengths():
+    """A batch whose labels are misaligned with its completions must not be scored against the wrong image."""
+    with pytest.raises(ValueError):
+        accuracy_reward(completions=["<answer>awe</answer>", "<answer>fear</answer>"], emotion=["awe"])
+    with pytest.raises(ValueError):
+        accuracy_reward(completions=["<answer>awe</answer>"], emotion=["awe", "fear"])
+
+
+@pytest.mark.parametrize("completion,text", [
+    ("plain", "plain"),
+    ([{"role": "assistant", "content": "<answer>awe</answer>"}], "<answer>awe</answer>"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "a"),  # the last turn
+    ([{"role": "assistant", "content": [{"type": "text", "text": "<think>x</think>"}, {"type": "image"},
+                                        {"type": "text", "text": "<answer>awe</answer>"}]}],
+     "<think>x</think><answer>awe</answer>"),  # content parts: the text parts, joined
+    ([{"role": "assistant", "content": [{"type": "text"}, {"type": "image", "text": "not text"}]}], ""),
+    ([], ""),
+    ([{"role": "assistant", "content": None}], ""),
+    ([{"role": "assistant", "content": ""}], ""),
+])
+def test_completion_text_of_every_shape_trl_passes(completion, text):
+    from factory.rewards import completion_text
+
+    assert completion_text(completion) == text
