@@ -182,3 +182,12 @@ def test_the_specs_resampling_kernel_is_the_one_used(resample):
     img = _images()[1]
     ref = pil(images=[img], return_tensors="np")["pixel_values"]
     assert np.abs(preprocess(img, spec) - ref).max() < 1e-5
+
+
+def test_pillows_decompression_bomb_error_becomes_a_clear_refusal(tmp_path, monkeypatch):
+    """Pillow refuses to open an image over twice its MAX_IMAGE_PIXELS (a decompression bomb); the runtime
+    turns that into a ValueError that says the image was refused and why."""
+    Image.new("L", (20, 20)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 pixels > 2 x 100
+    with pytest.raises(ValueError, match=r"image refused: .*(decompression bomb|exceeds limit)"):
+        load_image(tmp_path / "bomb.png")

@@ -284,3 +284,13 @@ def test_damaged_packages_are_refused_clearly(tmp_path, toy_dir, damage, message
 def _edit(pkg, **changes):
     manifest = json.loads((pkg / "manifest.json").read_text())
     (pkg / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+
+
+def test_a_manifest_without_a_file_list_is_read_without_the_size_check(toy_dir, tmp_path):
+    """The file list (names and sizes) is what the damage check reads; a manifest without one still loads."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(toy_dir, pkg)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest.pop("files")
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(pkg) == manifest
