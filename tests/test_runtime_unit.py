@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,7 +270,7 @@ def test_a_package_without_a_stage_or_style_has_defaults(tmp_path, toy_dir):
     (lambda p: (p / "manifest.json").write_text("{"), "corrupted"),
     (lambda p: _edit(p, format_version=2), "format_version 2, this runtime reads 1"),
     (lambda p: (p / "decoder.onnx").unlink(), "incomplete: decoder.onnx is missing"),
-    (lambda p: (p / "embed.onnx").write_bytes((p / "embed.onnx").read_bytes()[:-1]), "embed.onnx has .* bytes"),
+    (lambda p: (p / "embed.onnx").write_bytes((p / "embed.onnx").read_bytes()[:-1]), r"embed.onnx has \d+ bytes, the manifest says \d+ \(truncated or replaced\)"),
     (lambda p: (p / "vision.onnx").write_bytes(b"x" * (p / "vision.onnx").stat().st_size),
      "a graph does not load"),
 ])
@@ -294,3 +295,25 @@ def test_a_manifest_without_a_file_list_is_read_without_the_size_check(toy_dir, 
     assert manifest.pop("files")
     (pkg / "manifest.json").write_text(json.dumps(manifest))
     assert read_manifest(pkg) == manifest
+
+
+def test_sessions_get_the_threads_the_providers_and_quiet_logging(toy_dir, monkeypatch):
+    """Every graph's session gets the caller's thread count and providers (default: the CPU provider) and logs
+    errors only (onnxruntime's severity 3)."""
+    import onnxruntime as ort
+
+    real, seen = ort.InferenceSession, []
+
+    def spy(path, sess_options=None, providers=None):
+        seen.append((Path(path).name, sess_options, providers))
+        return real(path, sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    Package(toy_dir, threads=1)
+    assert [name for name, _, _ in seen] == ["vision.onnx", "embed.onnx", "decoder.onnx"]
+    assert [providers for _, _, providers in seen] == [["CPUExecutionProvider"]] * 3
+    assert all(o.intra_op_num_threads == 1 and o.log_severity_level == 3 for _, o, _ in seen)
+    seen.clear()
+    Package(toy_dir, providers=["SomeExecutionProvider"])
+    assert [providers for _, _, providers in seen] == [["SomeExecutionProvider"]] * 3
+    assert all(o.intra_op_num_threads == 0 and o.log_severity_level == 3 for _, o, _ in seen)
