@@ -317,3 +317,58 @@ def test_sessions_get_the_threads_the_providers_and_quiet_logging(toy_dir, monke
     Package(toy_dir, providers=["SomeExecutionProvider"])
     assert [providers for _, _, providers in seen] == [["SomeExecutionProvider"]] * 3
     assert all(o.intra_op_num_threads == 0 and o.log_severity_level == 3 for _, o, _ in seen)
+
+
+def test_no_budget_writes_nothing(toy):
+    gen = toy.generate(_image(), max_new_tokens=0)
+    assert (gen.text, gen.token_ids, gen.stopped, gen.label) == ("", [], "length", None)
+
+
+def test_the_default_budget_is_160_tokens():
+    import inspect
+
+    assert inspect.signature(Package.generate).parameters["max_new_tokens"].default == 160
+
+
+def test_special_tokens_the_model_writes_are_neither_shown_nor_streamed_empty(toy_dir):
+    """With the end token not treated as one, the toy writes its script and then ``<eos>`` tokens: they add no
+    text, and no empty chunk is streamed for them."""
+    pkg = Package(toy_dir)
+    pkg.eos_ids = set()
+    chunks = []
+    gen = pkg.generate(_image(), max_new_tokens=len(SCRIPT) + 3, on_text=chunks.append, label_probs=False)
+    assert len(gen.token_ids) == len(SCRIPT) + 3 and gen.text == SCRIPT
+    assert "".join(chunks) == SCRIPT and all(chunks)
+
+
+def test_an_unfinished_character_at_the_end_is_streamed_last(toy_dir):
+    """A byte-level token can stop inside a character (decoded as U+FFFD); streaming holds it back, and if
+    generation ends there it is handed over at the end, so the chunks still join to the text."""
+    pkg = Package(toy_dir)
+    real = pkg.tokenizer
+
+    class Partial:  # decodes the last script token as an unfinished character
+        def decode(self, ids, skip_special_tokens=True):
+            text = real.decode(ids, skip_special_tokens=skip_special_tokens)
+            return text[:-1] + "\ufffd" if len(ids) == len(SCRIPT) else text
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    pkg.tokenizer = Partial()
+    chunks = []
+    gen = pkg.generate(_image(), max_new_tokens=64, on_text=chunks.append, label_probs=False)
+    assert gen.text == SCRIPT[:-1] + "\ufffd" and "".join(chunks) == gen.text and chunks[-1] == "\ufffd"
+
+
+def test_encode_and_decode_leave_special_tokens_out(toy_dir):
+    """Label tokens are encoded without the tokenizer's added tokens, and decoded text skips special ones,
+    whatever post-processor the tokenizer has."""
+    from tokenizers.processors import TemplateProcessing
+
+    pkg = Package(toy_dir)
+    eos = pkg.tokenizer.token_to_id("<eos>")
+    pkg.tokenizer.post_processor = TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", eos)])
+    ids = pkg.encode("awe")
+    assert len(ids) == 3 and eos not in ids
+    assert pkg.decode([eos, *ids, eos]) == "awe"
