@@ -90,3 +90,21 @@ def test_the_questions_and_messages_exactly():
 def test_format_answer_strips_the_reasoning():
     assert format_answer("awe", "  vast sky \n") == "<think>vast sky</think><answer>awe</answer>"
     assert format_answer("fear") == "<answer>fear</answer>"
+
+
+def test_emotions_are_read_from_the_official_label_file():
+    """EMOTIONS is computed at import; calling the reader again checks it against factory/data/info.json."""
+    import json
+    from importlib import resources
+
+    from factory.prompts import _load_emotions
+
+    info = json.loads(resources.files("factory.data").joinpath("info.json").read_text())["emotion"]["idx2label"]
+    assert _load_emotions() == EMOTIONS == tuple(info[str(i)] for i in range(8))
+
+
+def test_parse_answer_returns_the_reasoning_and_a_bare_label_is_never_well_formed():
+    assert parse_answer("<think> dark, rain </think><answer>sadness</answer>").think == "dark, rain"
+    assert parse_answer("<answer>awe</answer>").think is None
+    bare = parse_answer("awe", allow_bare_label=True)
+    assert bare.label == "awe" and bare.well_formed is False
