@@ -33,3 +33,34 @@ def test_every_stage_yaml_validates_and_equals_the_stage_table():
     assert names == sorted(STAGES)
     for name in names:
         assert config_lib.build(StageConfig, config_lib.read_yaml(CONFIGS / "stages" / f"{name}.yaml")) == STAGES[name]
+
+
+# --- the stage table itself (factory/train/stages.py; mutation-tested with this file) ---------------------
+
+
+def test_grpo_stage_defaults_and_overrides():
+    """The GRPO defaults every RL stage starts from (8 prompts per optimizer step: 16 completions per device
+    step / 8 generations × grad_accum 4), built at import into STAGES; overrides win."""
+    from factory.train.stages import STAGES, StageConfig, _grpo
+
+    assert _grpo(rewards=["format"]) == StageConfig(
+        kind="grpo", data="prompts", learning_rate=2e-5, batch_size=16, grad_accum=4, num_generations=8,
+        max_completion_length=512, save_steps=25, logging_steps=1, train_modules_to_save=False, rewards=["format"])
+    assert _grpo(parent="1_sft", rewards=["format"], max_steps=50) == STAGES["2_grpo_format"]
+    assert _grpo(rewards=["format"], batch_size=4).batch_size == 4
+
+
+def test_stage_selection_ignores_spaces_and_empty_parts():
+    from factory.train.stages import STAGE_ORDER, select_stages
+
+    assert select_stages(" 1 , 3 ") == ["1_sft", "3_grpo_accuracy"]
+    assert select_stages("0 - 2") == list(STAGE_ORDER[:3])
+    assert select_stages("") == [] and select_stages("1,,4") == ["1_sft", "4_clgrpo"]
+
+
+def test_stage_fields_are_the_stage_config_keys():
+    from factory import config as config_lib
+    from factory.train.stages import STAGES, stage_fields
+
+    assert stage_fields() == list(config_lib.to_dict(STAGES["4_clgrpo"]))
+    assert {"epsilon", "epsilon_high", "clip_low", "num_iterations", "rollout"} <= set(stage_fields())
