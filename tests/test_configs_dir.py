@@ -58,6 +58,23 @@ def test_stage_selection_ignores_spaces_and_empty_parts():
     assert select_stages("") == [] and select_stages("1,,4") == ["1_sft", "4_clgrpo"]
 
 
+def test_stage_selection_ranges_names_and_errors():
+    import pytest
+
+    from factory.errors import ConfigError
+    from factory.train.stages import select_stages
+
+    assert select_stages("1-3") == ["1_sft", "2_grpo_format", "3_grpo_accuracy"]  # from lo, not from 0
+    assert select_stages("2-2") == ["2_grpo_format"]
+    assert select_stages("4_clgrpo,0") == ["0_baseline", "4_clgrpo"]  # full names and indices, run order
+    listed = "stages are 0_baseline, 1_sft, 2_grpo_format, 3_grpo_accuracy, 4_clgrpo"
+    for bad in ("x-3", "1-x", "3-1"):
+        with pytest.raises(ConfigError, match=f"bad stage range '{bad}'; {listed}"):
+            select_stages(bad)
+    with pytest.raises(ConfigError, match=f"unknown stage 'sft'; {listed} \\(or ranges like 1-4\\)"):
+        select_stages("sft")
+
+
 def test_stage_fields_are_the_stage_config_keys():
     from factory import config as config_lib
     from factory.train.stages import STAGES, stage_fields
