@@ -81,3 +81,20 @@ def test_stage_fields_are_the_stage_config_keys():
 
     assert stage_fields() == list(config_lib.to_dict(STAGES["4_clgrpo"]))
     assert {"epsilon", "epsilon_high", "clip_low", "num_iterations", "rollout"} <= set(stage_fields())
+
+
+def test_a_clip_that_never_acts_says_why_and_what_to_set():
+    import pytest
+
+    from factory.errors import ConfigError
+    from factory.train.stages import check_clip
+
+    with pytest.raises(ConfigError) as info:
+        check_clip(clip_low=True, epsilon=0.1, epsilon_high=0.2, loss_type="dapo", grad_accum=4,
+                   steps_per_generation=2, num_iterations=2)
+    assert str(info.value) == (
+        "the clip range [1-0.1, 1+0.2] never acts with grad_accum=4, steps_per_generation=2, num_iterations=2: "
+        "no optimizer step falls between sampling a batch and scoring it again (trl computes old log-probs only "
+        "when grad_accum % (steps_per_generation × num_iterations) != 0), so the importance ratio is exactly 1 "
+        "and this stage would silently equal plain GRPO. Set num_iterations: 2 with grad_accum: 1 (or "
+        "num_iterations × steps_per_generation not dividing grad_accum)")
