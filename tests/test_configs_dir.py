@@ -98,3 +98,43 @@ def test_a_clip_that_never_acts_says_why_and_what_to_set():
         "when grad_accum % (steps_per_generation × num_iterations) != 0), so the importance ratio is exactly 1 "
         "and this stage would silently equal plain GRPO. Set num_iterations: 2 with grad_accum: 1 (or "
         "num_iterations × steps_per_generation not dividing grad_accum)")
+
+
+def test_stage_refusals_say_what_to_do():
+    import pytest
+
+    from factory.errors import ConfigError
+    from factory.train.stages import StageConfig, _grpo
+
+    cases = [
+        (dict(kind="sft", data="labels", trl={"delta": 2.0}), "trl.delta decides the clip or the batching, which "
+         "the stage sets and checks: it is not supported"),
+        (dict(kind="sft", data="labels", trl={"generation_batch_size": 8}), "trl.generation_batch_size decides the "
+         "clip or the batching, which the stage sets and checks: use the stage key `steps_per_generation` instead"),
+        (dict(kind="sft", data="prompts"), "an sft stage trains on data: cot or data: labels, not prompts"),
+        (dict(kind="sft", data="cot", prompts="cot"),
+         "prompts: cot chooses the images of a grpo stage; an sft stage's are set by data"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ConfigError) as info:
+            StageConfig(**kw)
+        assert str(info.value) == message
+    assert _grpo(rewards=["format"], num_generations=2, batch_size=4).num_generations == 2  # 2 is enough
+
+
+def test_resolve_stage_reads_the_table_or_a_stage_dir_and_names_the_stage_in_errors(tmp_path):
+    import pytest
+    import yaml
+
+    from factory.errors import ConfigError
+    from factory.train.stages import STAGES, resolve_stage
+
+    assert resolve_stage("1_sft") == STAGES["1_sft"]
+    data = yaml.safe_load((CONFIGS / "stages" / "1_sft.yaml").read_text())
+    (tmp_path / "1_sft.yaml").write_text(yaml.safe_dump({**data, "learning_rate": 3e-4}))
+    assert resolve_stage("1_sft", stage_dir=str(tmp_path)).learning_rate == 3e-4
+    assert resolve_stage("1_sft", {"grad_accum": 8}, stage_dir=str(tmp_path)).grad_accum == 8
+    with pytest.raises(ConfigError, match="^unknown stage '9_x'; stages are 0_baseline, 1_sft, "):
+        resolve_stage("9_x")
+    with pytest.raises(ConfigError, match="stages.1_sft"):
+        resolve_stage("1_sft", {"learning_rate": "fast"})
