@@ -119,6 +119,24 @@ def test_stage_refusals_say_what_to_do():
         with pytest.raises(ConfigError) as info:
             StageConfig(**kw)
         assert str(info.value) == message
+    more = [
+        (dict(kind="sft", data="cot", rewards=["format"]),
+         "an sft stage takes no rewards; set kind: grpo for reward training"),
+        (dict(kind="sft", data="cot", max_steps=0, epochs=0.0), "set max_steps > 0 or epochs > 0"),
+    ]
+    for kw, message in more:
+        with pytest.raises(ConfigError) as info:
+            StageConfig(**kw)
+        assert str(info.value) == message
+    for kw, message in [
+        (dict(num_generations=1), "num_generations must be ≥ 2: GRPO's advantage compares completions of a prompt"),
+        (dict(num_generations=3, batch_size=4, grad_accum=1), "batch_size × steps_per_generation = 4 completions per "
+         "generation batch is not a multiple of num_generations=3; set batch_size to a multiple of 3 (e.g. 6 for 2 "
+         "prompts per step)"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            _grpo(rewards=["format"], **kw)
+        assert str(info.value) == message
     assert _grpo(rewards=["format"], num_generations=2, batch_size=4).num_generations == 2  # 2 is enough
 
 

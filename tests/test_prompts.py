@@ -59,7 +59,7 @@ def test_questions_name_every_emotion_and_messages_hold_an_image():
     msgs = build_messages("label", answer="<answer>awe</answer>")
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[0]["content"][0] == {"type": "image"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown prompt style 'nope'; valid: \\['cot', 'label'\\]"):
         question("nope")
 
 

@@ -324,10 +324,15 @@ def test_no_budget_writes_nothing(toy):
     assert (gen.text, gen.token_ids, gen.stopped, gen.label) == ("", [], "length", None)
 
 
-def test_the_default_budget_is_160_tokens():
-    import inspect
+def test_sampling_is_stable_for_large_logits():
+    rng = np.random.default_rng(0)
+    assert all(pick(np.array([800.0, 0.0, -5.0]), 1.0, 1.0, rng) == 0 for _ in range(20))
 
-    assert inspect.signature(Package.generate).parameters["max_new_tokens"].default == 160
+
+def test_top_p_stops_where_the_mass_reaches_it_exactly():
+    """Two tokens of probability 0.5 each: top_p 0.5 keeps one of them, never both."""
+    picks = {pick(np.log([0.5, 0.5]), 1.0, 0.5, np.random.default_rng(seed)) for seed in range(200)}
+    assert len(picks) == 1
 
 
 def test_special_tokens_the_model_writes_are_neither_shown_nor_streamed_empty(toy_dir):
