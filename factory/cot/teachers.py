@@ -180,11 +180,17 @@ class LocalTeacher:
         if self._loaded is None:
             from transformers import AutoConfig
 
-            from factory.families import FAMILIES
+            from factory.errors import SVLMError
+            from factory.families import family_of
             from factory.models import load_model
 
-            model_type = AutoConfig.from_pretrained(self.cfg.model).model_type
-            if any(model_type in fam.model_types for fam in FAMILIES.values()):
+            try:
+                family_of(AutoConfig.from_pretrained(self.cfg.model))
+            except SVLMError:
+                registered = False
+            else:
+                registered = True
+            if registered:
                 # A registered family loads like every student: its image policy, dtype and 4-bit settings.
                 # Any error here is the user's to see; falling back would drop the image policy silently.
                 self._loaded = load_model(self.cfg.model, dtype=self.cfg.dtype, load_in_4bit=self.cfg.load_in_4bit)
