@@ -52,7 +52,7 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
     gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
     for ref in refs:
         feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
-        logits, _ = package.prefill(feats)
+        logits, _ = package.prefill(feats, all_logits=True)
         gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
         gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens, label_probs=False)
         want = until_eos(ref["tokens"], package.eos_ids)

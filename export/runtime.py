@@ -108,7 +108,10 @@ class Package:
         self.image_token_id = t["image_token_id"]
         self.eos_ids = set(t["eos_token_ids"])
         self.dims = self.manifest["text"]
-        self.past_names = [i.name for i in self.decoder.get_inputs()][3:]
+        inputs = [i.name for i in self.decoder.get_inputs()]
+        self.past_names = [name for name in inputs if name.startswith("past.")]
+        # packages exported before the decoder took logits_to_keep compute logits at every position
+        self.keeps_logits = "logits_to_keep" in inputs
         self.labels = self.manifest["labels"]
         self.style = self.manifest["source"].get("question_style", "cot")  # the question it answers
 
@@ -119,14 +122,21 @@ class Package:
     def pixel_values(self, image) -> np.ndarray:
         return preprocess(image, self.manifest["image"])
 
-    def _decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
+    def _decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray],
+                keep: np.ndarray | None = None):
+        """One decoder run: (logits at the ``keep`` positions of the new tokens — default the last one —,
+        the KV cache)."""
+        keep = np.array([embeds.shape[1] - 1], np.int64) if keep is None else np.asarray(keep, np.int64)
         feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        if self.keeps_logits:
+            feed["logits_to_keep"] = keep
         feed.update(zip(self.past_names, past))
         out = self.decoder.run(None, feed)
-        return out[0], out[1:]
+        return (out[0] if self.keeps_logits else out[0][:, keep]), out[1:]
 
-    def prefill(self, features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run the prompt with image ``features`` in its image slots: (logits over the prompt, KV cache)."""
+    def prefill(self, features: np.ndarray, all_logits: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run the prompt with image ``features`` in its image slots: (logits at its last position, or at every
+        position with ``all_logits``, and the KV cache)."""
         ids = self.prompt_ids[None]
         embeds = self.embed.run(None, {"input_ids": ids})[0]
         slots = ids[0] == self.image_token_id
@@ -136,7 +146,8 @@ class Package:
         n = ids.shape[1]
         past = [np.zeros((1, self.dims["kv_heads"], 0, self.dims["head_dim"]), np.float32)
                 for _ in self.past_names]
-        return self._decode(embeds, np.ones((1, n), np.int64), np.arange(n, dtype=np.int64)[None], past)
+        return self._decode(embeds, np.ones((1, n), np.int64), np.arange(n, dtype=np.int64)[None], past,
+                            np.arange(n) if all_logits else None)
 
     def generate(self, image=None, *, pixel_values: np.ndarray | None = None, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
@@ -230,7 +241,7 @@ class Package:
             mask[b, cached:cached + len(row)] = 1
         positions = np.broadcast_to(np.arange(cached, cached + width, dtype=np.int64), (batch, width))
         logits, _ = self._decode(self.embed.run(None, {"input_ids": ids})[0], mask, np.ascontiguousarray(positions),
-                                 [np.repeat(p, batch, axis=0) for p in past])
+                                 [np.repeat(p, batch, axis=0) for p in past], np.arange(width))
         sums = {}
         for b, (label, target) in enumerate(plan.labels.items()):
             z = logits[b, :len(target)].astype(np.float64)

@@ -36,7 +36,8 @@ class FakePackage:
         self.vision = SimpleNamespace(run=_vision)
         self.tokenizer = SimpleNamespace(decode=_decode)
 
-    def prefill(self, feats):
+    def prefill(self, feats, all_logits=False):
+        assert all_logits  # the gap is over every prompt position, not only the last
         return self.logits[int(feats[0, 0])][None], []
 
     def generate(self, pixel_values, max_new_tokens, label_probs):

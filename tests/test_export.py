@@ -67,6 +67,17 @@ def test_packages_validate_and_describe_themselves(exported):
     assert not (out.parent / "export.tmp").exists()
 
 
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_the_exported_decoder_computes_logits_only_at_the_kept_positions(exported, quant):
+    pkg = Package(exported[0] / quant)
+    assert pkg.keeps_logits
+    feats = pkg.vision.run(None, {"pixel_values": np.zeros((1, 3, 448, 448), np.float32)})[0]
+    (last, _), (every, _) = pkg.prefill(feats), pkg.prefill(feats, all_logits=True)
+    assert last.shape == (1, 1, pkg.dims["vocab"]) and every.shape == (1, len(pkg.prompt_ids), pkg.dims["vocab"])
+    assert np.allclose(last[0, 0], every[0, -1], atol=1e-4)
+    assert not np.allclose(every[0, 0], every[0, -1], atol=1e-3)  # not one row broadcast
+
+
 def test_int8_labels_agree_with_pytorch(exported):
     """Agreement means something only if the labels depend on the image: PyTorch gives at least two distinct
     labels on the validation images, so a package that ignored its image could not agree on all of them."""

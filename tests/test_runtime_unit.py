@@ -10,6 +10,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_sampling_with_temperature_and_top_p(toy):
 def test_the_image_reaches_the_decoder(toy):
     dark, light = (toy.vision.run(None, {"pixel_values": toy.pixel_values(_image(v))})[0] for v in (20, 230))
     assert dark.shape == (1, IMAGE_SLOTS, 16) and not np.allclose(dark, light)
-    (a, _), (b, _) = toy.prefill(dark), toy.prefill(light)
+    (a, _), (b, _) = toy.prefill(dark, all_logits=True), toy.prefill(light, all_logits=True)
     assert a.shape[1] == len(toy.prompt_ids) and not np.allclose(a[0, -1], b[0, -1])
     # the features land in the image slots: zero features equal a prompt whose slots hold zeros
     zero, _ = toy.prefill(np.zeros_like(dark))
@@ -202,7 +203,7 @@ def _oracle_probs(pkg: Package, image, prefix: str) -> dict[str, float]:
         embeds[0, ids[0] == pkg.image_token_id] = features[0]
         n = ids.shape[1]
         logits, _ = pkg._decode(embeds, np.ones((1, n), np.int64), np.arange(n)[None],
-                                [np.zeros((1, 1, 0, 16), np.float32)] * 2)
+                                [np.zeros((1, 1, 0, 16), np.float32)] * 2, np.arange(n))
         z = logits[0, len(context) - 1:-1].astype(np.float64)
         logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
         sums[label] = float(logp[np.arange(len(target)), target].sum())
@@ -237,6 +238,39 @@ def test_label_only_packages_force_after_the_answer_tag(tmp_path):
     want = _oracle_probs(pkg, image, "<an<answer>")
     assert cut.label_probs_forced
     assert max(abs(math.log(cut.label_probs[k]) - want[k]) for k in want) < 1e-3
+
+
+def test_the_decoder_computes_logits_only_where_they_are_needed(toy, monkeypatch):
+    """Prefill and each decode step ask for the last position only (the vocabulary projection over the whole
+    prompt was a quarter of a real model's prefill); the compare path can still ask for all of them."""
+    seen = []
+    run = toy.decoder.run
+
+    def spy(names, feed):
+        out = run(names, feed)
+        seen.append((feed["inputs_embeds"].shape[1], feed["logits_to_keep"].tolist(), out[0].shape[1]))
+        return out
+
+    monkeypatch.setattr(toy, "decoder", SimpleNamespace(run=spy))
+    features = toy.vision.run(None, {"pixel_values": toy.pixel_values(_image())})[0]
+    last, _ = toy.prefill(features)
+    every, _ = toy.prefill(features, all_logits=True)
+    toy.generate(_image(), max_new_tokens=4, label_probs=False)
+    n = len(toy.prompt_ids)
+    assert seen[0] == (n, [n - 1], 1) and seen[1] == (n, list(range(n)), n)
+    assert np.array_equal(last[0, 0], every[0, -1])
+    assert seen[2] == (n, [n - 1], 1) and all(step == (1, [0], 1) for step in seen[3:]) and len(seen) == 3 + 4
+
+
+def test_a_package_without_logits_to_keep_gives_the_same_results(toy, tmp_path):
+    """Packages exported before the decoder took logits_to_keep still run, with the same tokens and
+    probabilities (the runtime slices their full logits itself)."""
+    old = Package(build_toy_package(tmp_path / "old", logits_to_keep=False))
+    assert not old.keeps_logits and toy.keeps_logits
+    for max_new_tokens in (100, 10):
+        a, b = toy.generate(_image(), max_new_tokens=max_new_tokens), old.generate(_image(), max_new_tokens=max_new_tokens)
+        assert a.token_ids == b.token_ids and a.label_probs_forced == b.label_probs_forced
+        assert max(abs(a.label_probs[k] - b.label_probs[k]) for k in a.label_probs) < 1e-6
 
 
 def test_label_scoring_can_be_skipped(toy):

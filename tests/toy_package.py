@@ -50,7 +50,8 @@ def _save(graph, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: int, seed: int) -> None:
+def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: int, seed: int,
+            logits_to_keep: bool) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -107,9 +108,14 @@ def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: 
         helper.make_node("Add", ["scores", "penalty"], ["masked"]),
         helper.make_node("Softmax", ["masked"], ["attn"], axis=-1),
         helper.make_node("MatMul", ["attn", "v"], ["ctx"]),
-        helper.make_node("Add", ["x", "ctx"], ["h"]),
+        helper.make_node("Add", ["x", "ctx"], ["h_all"]),
+        # like the exported decoder, logits only at the positions in logits_to_keep (when it has the input)
+        *([helper.make_node("Gather", ["h_all", "logits_to_keep"], ["h"], axis=1),
+           helper.make_node("Gather", ["position_ids", "logits_to_keep"], ["kept_ids"], axis=1)]
+          if logits_to_keep else [helper.make_node("Identity", ["h_all"], ["h"]),
+                                  helper.make_node("Identity", ["position_ids"], ["kept_ids"])]),
         helper.make_node("MatMul", ["h", "wout"], ["free"]),
-        helper.make_node("Gather", ["script", "position_ids"], ["scripted"], axis=0),
+        helper.make_node("Gather", ["script", "kept_ids"], ["scripted"], axis=0),
         helper.make_node("Add", ["free", "scripted"], ["logits"]),
     ]
     past = [helper.make_tensor_value_info(f"past.0.{kv}", f32, ["b", 1, "p", HIDDEN]) for kv in ("key", "value")]
@@ -118,8 +124,9 @@ def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: 
         nodes, "decoder",
         [helper.make_tensor_value_info("inputs_embeds", f32, ["b", "t", HIDDEN]),
          helper.make_tensor_value_info("attention_mask", i64, ["b", "l"]),
-         helper.make_tensor_value_info("position_ids", i64, ["b", "t"]), *past],
-        [helper.make_tensor_value_info("logits", f32, ["b", "t", vocab]), *present],
+         helper.make_tensor_value_info("position_ids", i64, ["b", "t"]),
+         *([helper.make_tensor_value_info("logits_to_keep", i64, ["k"])] if logits_to_keep else []), *past],
+        [helper.make_tensor_value_info("logits", f32, ["b", "k" if logits_to_keep else "t", vocab]), *present],
         [init("positions", rng.normal(0, 1.0, (MAX_POSITIONS, HIDDEN)).astype(np.float32)),
          init("one", np.array([1], np.int64)), init("zero", np.array([0], np.int64)),
          init("scale", np.array(HIDDEN ** -0.5, np.float32)), init("onef", np.array(1.0, np.float32)),
@@ -128,15 +135,18 @@ def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: 
         out / "decoder.onnx")
 
 
-def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, script: str = SCRIPT) -> Path:
-    """Write a toy package to ``out`` (a folder that ``export.runtime.Package`` loads); returns ``out``."""
+def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, script: str = SCRIPT,
+                      logits_to_keep: bool = True) -> Path:
+    """Write a toy package to ``out`` (a folder that ``export.runtime.Package`` loads); returns ``out``.
+    ``logits_to_keep=False`` builds the older decoder that returns logits at every position."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer()
     tok.save(str(out / "tokenizer.json"))
     prompt = tok.encode(PROMPT, add_special_tokens=False).ids
     eos, img = tok.token_to_id(EOS), tok.token_to_id(IMG)
-    _graphs(out, tok.get_vocab_size(), len(prompt), tok.encode(script, add_special_tokens=False).ids, eos, seed)
+    _graphs(out, tok.get_vocab_size(), len(prompt), tok.encode(script, add_special_tokens=False).ids, eos, seed,
+            logits_to_keep)
     files = {name: {"bytes": (out / name).stat().st_size}
              for name in ("vision.onnx", "embed.onnx", "decoder.onnx", "tokenizer.json")}
     manifest = {
