@@ -14,12 +14,21 @@ the method), the per-seed values, macro and weakest-class recall and the format 
 with the reference arm on the same images and seeds: the mean difference with a t interval over seeds and an
 exact McNemar test over all (image, seed) pairs. Everything is resumable: a finished arm-seed is skipped, an
 interrupted one resumes inside its stage (``svlm train``'s checkpoints).
+
+Arm-seeds are independent, so ``jobs`` of them train at once, each in its own (spawned) process with
+``cpu_count // jobs`` torch threads: small models use many threads poorly, so on a CPU several one-thread
+trainings finish far sooner than one after another. ``jobs: 0`` (the default) runs one per CPU, at most one per
+arm-seed still to do, and 1 on a GPU (arms on one GPU would fight for its memory); ``jobs: 1`` runs everything
+in this process, one after another. The report is the same whatever order they finish in; when one fails, the
+ones not started yet are cancelled, the running ones finish, and the error names the failed arm and seed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +87,11 @@ class AblateConfig:
     data: str | None = None  # score on this EmoSet root instead of the run's held-out set (e.g. a dev set)
     split: str = "test"  # with data: the split scored
     arms: dict = field(default_factory=dict)  # name -> ArmConfig; empty: DEFAULT_ARMS
+    jobs: int = 0  # arm-seeds trained at once, each in its own process; 0: 1 on a GPU, else one per CPU
 
     def __post_init__(self):
+        if self.jobs < 0:
+            raise ConfigError(f"jobs must be 0 (automatic) or a positive number of processes, got {self.jobs}")
         raw = self.arms or DEFAULT_ARMS
         self.arms = {name: arm if isinstance(arm, ArmConfig) else config_lib.build(ArmConfig, arm, f"arms.{name}")
                      for name, arm in raw.items()}
@@ -160,17 +172,31 @@ def _seed_stage(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def _score(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int, batch_size: int) -> dict:
-    """Predictions and metrics of one stage folder on (data, split), cached beside the stage."""
+def _cache_file(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int) -> Path:
     import hashlib
 
+    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{limit}|{max_new_tokens}".encode()).hexdigest()[:10]
+    return stage_dir / f"{RESULT[:-5]}_{key}.json"
+
+
+def _cached(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int) -> dict | None:
+    """The cached score of a finished stage folder, if it is newer than the stage (else None)."""
+    cached = _cache_file(stage_dir, data, split, limit, max_new_tokens)
+    done = stage_dir / "done.json"
+    if cached.is_file() and done.is_file() and cached.stat().st_mtime > done.stat().st_mtime:
+        return json.loads(cached.read_text())
+    return None
+
+
+def _score(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int, batch_size: int) -> dict:
+    """Predictions and metrics of one stage folder on (data, split), cached beside the stage."""
     from benchmarks import accuracy
 
-    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{limit}|{max_new_tokens}".encode()).hexdigest()[:10]
-    cached = stage_dir / f"{RESULT[:-5]}_{key}.json"
-    if cached.is_file() and cached.stat().st_mtime > (stage_dir / "done.json").stat().st_mtime:
-        return json.loads(cached.read_text())
-    report = accuracy.run([str(stage_dir)], str(data), split, limit, out=stage_dir / f"heldout_{key}", progress=False,
+    row = _cached(stage_dir, data, split, limit, max_new_tokens)
+    if row is not None:
+        return row
+    cached = _cache_file(stage_dir, data, split, limit, max_new_tokens)
+    report = accuracy.run([str(stage_dir)], str(data), split, limit, out=cached.with_suffix(""), progress=False,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, plots=False)
     row = report["models"][0]
     tmp = cached.with_suffix(".tmp")
@@ -179,10 +205,132 @@ def _score(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: 
     return row
 
 
+@dataclass
+class _Plan:
+    """What every unit of work (one arm and seed) needs; picklable, so that a worker process gets a copy."""
+
+    cfg: AblateConfig
+    rcfg: object  # the base run's RunConfig
+    root: Path  # the run's data root
+    run_dir: Path
+    out: Path  # <run>/<name>
+    heldout: Path
+    split: str
+    tokens: int  # generation budget of the scoring
+
+    def seeds(self, name: str) -> list[int]:
+        return self.cfg.seeds if self.cfg.arms[name].stages else self.cfg.seeds[:1]
+
+    def dirs(self, name: str, seed: int) -> dict[str, Path]:
+        """The stage folders one arm-seed scores: its own trained stages, or the run's start stage."""
+        arm = self.cfg.arms[name]
+        if not arm.stages:
+            return {arm.start: self.run_dir / arm.start}
+        scored = arm.stages if self.cfg.evaluate == "all" else arm.stages[-1:]
+        return {s: self.out / name / f"seed{seed}" / s for s in scored}
+
+    def finished(self, name: str, seed: int) -> dict[str, dict] | None:
+        """The unit's scores when every stage it scores is trained and scored already (else None)."""
+        rows = {s: _cached(d, self.heldout, self.split, self.rcfg.heldout.limit, self.tokens)
+                for s, d in self.dirs(name, seed).items()}
+        return None if any(r is None for r in rows.values()) else rows
+
+
+def _unit(plan: _Plan, name: str, seed: int, progress: bool) -> dict[str, dict]:
+    """One arm and seed: seed the start stage, train the arm's stages, score them; {stage: scored row}."""
+    from factory.train.runner import train
+
+    arm = plan.cfg.arms[name]
+    if arm.stages:
+        where = plan.out / name / f"seed{seed}"
+        tcfg = arm_train_config(plan.rcfg, plan.root, arm, where, seed)
+        if arm.start != "base":
+            _seed_stage(plan.run_dir / arm.start, where / arm.start)
+        _log(f"{name} seed {seed}: training {' -> '.join([arm.start, *arm.stages])}")
+        train(tcfg, list(arm.stages), progress=progress)
+    return {s: _score(d, plan.heldout, plan.split, plan.rcfg.heldout.limit, plan.tokens, plan.rcfg.eval.batch_size)
+            for s, d in plan.dirs(name, seed).items()}
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def workers(jobs: int, pending: int) -> int:
+    """How many arm-seeds run at once: ``jobs`` (0: 1 on a GPU, else one per CPU), at most one per pending unit.
+
+    >>> workers(3, 10), workers(8, 2), workers(2, 0)
+    (3, 2, 1)
+    """
+    if jobs == 0:
+        import torch
+
+        jobs = 1 if torch.cuda.is_available() else _cpus()  # arms on one GPU would fight for its memory
+    return max(1, min(jobs, pending))
+
+
+def _init_worker(threads: int) -> None:
+    """A worker process's share of the CPUs, set before anything starts torch's thread pools."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_parallel(plan: _Plan, units: list[tuple[str, int]], n: int, done) -> None:
+    """Run ``units`` in ``n`` spawned processes; ``done(name, seed, rows)`` as each finishes (any order).
+
+    Arms without stages that score the same run folder share one unit, so no two processes score one folder
+    (trained arm-seeds each have their own). After a failure no further unit starts; the running ones finish
+    (kept on disk for a resume) and an SVLMError names every arm-seed that failed."""
+    import multiprocessing
+    import traceback
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    sharing: dict[tuple[Path, ...], list[tuple[str, int]]] = {}
+    for name, seed in units:
+        sharing.setdefault(tuple(plan.dirs(name, seed).values()), []).append((name, seed))
+    threads = max(1, _cpus() // n)
+    _log(f"{len(sharing)} arm-seeds to train or score, {n} at a time ({threads} CPU threads each)")
+    failed: list[str] = []
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
+    try:
+        # longest chains first, so that no long one is left to run alone at the end
+        groups = sorted(sharing.values(), key=lambda group: -len(plan.cfg.arms[group[0][0]].stages))
+        futures = {pool.submit(_unit, plan, *group[0], False): group for group in groups}
+        running = set(futures)
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                (name, seed), *_ = group = futures[future]
+                try:
+                    rows = future.result()
+                except Exception as exc:  # noqa: BLE001 - whatever a unit raised is reported with its arm and seed
+                    if not isinstance(exc, SVLMError):
+                        print("".join(traceback.format_exception(exc)), file=sys.stderr, flush=True)
+                    failed.append(f"{name} seed {seed} ({type(exc).__name__}: {exc})")
+                    _log(f"{name} seed {seed}: failed ({type(exc).__name__}: {exc}); the arm-seeds not started yet "
+                         "are cancelled, the running ones finish")
+                    running = {f for f in running if not f.cancel()}
+                    continue
+                for name, seed in group:
+                    done(name, seed, rows)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failed:
+        raise SVLMError(f"{len(failed)} arm-seed(s) failed: {'; '.join(failed)}. The finished ones are kept: fix "
+                        "the cause and rerun the same command to resume")
+
+
 def run(cfg: AblateConfig, progress: bool = True) -> dict:
     """Train and score every arm × seed (skipping finished ones); write and return the report."""
     from factory.pipeline import eval_tokens, train_config
-    from factory.train.runner import train
 
     run_dir = Path(cfg.run)
     rcfg, root, (heldout, split) = _load_run(run_dir)
@@ -196,27 +344,27 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
         if arm.start != "base" and not (run_dir / arm.start / "done.json").is_file():
             raise SVLMError(f"arm {name} starts from {run_dir / arm.start}, which is not a finished stage; "
                             f"run `svlm run` (or `svlm train`) for it first")
-    results: dict[str, dict[int, dict[str, dict]]] = {}
+    plan = _Plan(cfg, rcfg, root, run_dir, out, heldout, split, tokens)
+    # filled in the order of the config whatever the order the units finish in, so the report's rows are too
+    results: dict[str, dict[int, dict[str, dict]]] = {name: dict.fromkeys(plan.seeds(name)) for name in cfg.arms}
     t0 = time.time()
-    for name, arm in cfg.arms.items():
-        seeds = cfg.seeds if arm.stages else cfg.seeds[:1]
-        results[name] = {}
-        for seed in seeds:
-            where = out / name / f"seed{seed}"
-            if arm.stages:
-                tcfg = arm_train_config(rcfg, root, arm, where, seed)
-                if arm.start != "base":
-                    _seed_stage(run_dir / arm.start, where / arm.start)
-                _log(f"{name} seed {seed}: training {' -> '.join([arm.start, *arm.stages])}")
-                train(tcfg, list(arm.stages), progress=progress)
-                scored = arm.stages if cfg.evaluate == "all" else arm.stages[-1:]
-                dirs = {s: where / s for s in scored}
-            else:
-                dirs = {arm.start: run_dir / arm.start}
-            results[name][seed] = {s: _score(d, heldout, split, rcfg.heldout.limit, tokens, rcfg.eval.batch_size)
-                                   for s, d in dirs.items()}
-            last = next(reversed(results[name][seed].values()))
-            _log(f"{name} seed {seed}: held-out accuracy {last['accuracy']:.1%} ({time.time() - t0:.0f} s so far)")
+
+    def done(name: str, seed: int, rows: dict[str, dict]) -> None:
+        results[name][seed] = rows
+        last = next(reversed(rows.values()))
+        _log(f"{name} seed {seed}: held-out accuracy {last['accuracy']:.1%} ({time.time() - t0:.0f} s so far)")
+
+    units = [(name, seed) for name in results for seed in results[name]]
+    pending = [u for u in units if plan.finished(*u) is None]
+    n = workers(cfg.jobs, len(pending))
+    if n == 1:  # in this process, one after another
+        for name, seed in units:
+            done(name, seed, _unit(plan, name, seed, progress))
+    else:
+        for name, seed in units:
+            if (name, seed) not in pending:
+                done(name, seed, plan.finished(name, seed))
+        _run_parallel(plan, pending, n, done)
     report = summarize(cfg, results, heldout, split)
     write(report, out)
     print(markdown(report))
