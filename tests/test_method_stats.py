@@ -101,7 +101,7 @@ def test_ablate_trains_arms_from_the_same_adapter_and_reports(tiny_run, capsys):
     from factory import ablate, config as config_lib
 
     cfg = config_lib.build(ablate.AblateConfig, {
-        "run": str(tiny_run), "name": "abl", "seeds": [0, 1], "reference": "again",
+        "run": str(tiny_run), "name": "abl", "seeds": [0, 1], "reference": "again", "jobs": 1,  # in this process
         "arms": {"again": {"start": "1_sft", "stages": ["2_grpo_format"]},
                  "other_lr": {"start": "1_sft", "stages": ["2_grpo_format"],
                               "overrides": {"2_grpo_format": {"learning_rate": 1e-2}}},
@@ -137,7 +137,7 @@ def test_ablate_chain_from_the_base_compares_stages_of_the_same_seed(tiny_run):
     from factory import ablate, config as config_lib
 
     cfg = config_lib.build(ablate.AblateConfig, {
-        "run": str(tiny_run), "name": "seeds", "seeds": [0, 1], "reference": "chain", "evaluate": "all",
+        "run": str(tiny_run), "name": "seeds", "seeds": [0, 1], "reference": "chain", "evaluate": "all", "jobs": 1,
         "compare_stages": ["0_baseline", "1_sft"],
         "arms": {"chain": {"start": "base", "stages": ["0_baseline", "1_sft", "2_grpo_format"]}}})
     report = ablate.run(cfg, progress=False)
