@@ -202,13 +202,22 @@ def test_static_cache_stays_on_the_copy(tiny_dirs):
     assert policy.generation_config.to_dict() == before  # the training model's generation is untouched
 
 
-@pytest.mark.parametrize("lora", [{"use_dora": True}, {"lora_bias": True}])
-def test_adapters_the_copy_cannot_merge_are_refused(tiny_dirs, lora):
+@pytest.mark.parametrize("lora,what", [({"use_dora": True}, "DoRA (use_dora)"), ({"lora_bias": True}, "lora_bias")])
+def test_adapters_the_copy_cannot_merge_are_refused(tiny_dirs, lora, what, monkeypatch):
     from factory.errors import ConfigError
+    from factory.train import rollout
 
     policy, _ = _policy(tiny_dirs, **lora)
-    with pytest.raises(ConfigError, match="dense rollouts do not support.*rollout: trl"):
+    first = next(n for n, m in policy.named_modules() if hasattr(m, "lora_A"))  # the first adapted layer
+    built = []
+    real = rollout._policy_modules
+    monkeypatch.setattr(rollout, "_policy_modules", lambda base: built.append(base) or real(base))
+    message = (f"dense rollouts do not support {what} adapters ({first}): the rollout copy merges only B @ A "
+               "and would sample from another policy; set rollout: trl")
+    with pytest.raises(ConfigError) as err:
         RolloutCopy(policy)
+    assert str(err.value) == message
+    assert not built  # refused before anything of the copy is built
 
 
 def test_copy_computes_in_the_base_dtype_not_the_fp32_master_weights(tiny_dirs):
@@ -236,3 +245,201 @@ def test_trl_hook_we_override_is_still_there():
     assert params[:5] == ["self", "prompt_ids", "images", "multimodal_fields", "num_generations"]
     source = inspect.getsource(GRPOTrainer._generate_single_turn)
     assert "unwrapped_model.generate(" in source and "generation_config=self.generation_config" in source
+
+
+def test_grpo_rollouts_with_a_static_cache_refresh_once_per_optimizer_step(tmp_path, synth_root, cot_dir,
+                                                                            small_tiny_dirs, monkeypatch):
+    """The trainer-class path that runs on CUDA, on the CPU: ``grpo.cuda`` is patched so the stage asks for the
+    static cache (transformers compiles only on CUDA, so generation here is the plain static-cache loop).
+    Two micro-batches per optimizer step (grad_accum 2) each generate (steps_per_generation 1): the second
+    rollout of a step must not refresh the copy again, and every rollout runs on the copy."""
+    from factory import config as config_lib
+    from factory import rewards
+    from factory.train import grpo, rollout
+    from factory.train.runner import TrainConfig, train
+    from trl import GRPOTrainer
+
+    monkeypatch.setattr(grpo, "cuda", lambda: True)
+    monkeypatch.setitem(rewards.REWARDS, "varied",
+                        lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
+    refreshes, copies, generations, trainers = [], [], [], []
+    real_refresh, real_init, real_build = rollout.RolloutCopy.refresh, rollout.RolloutCopy.__init__, grpo.build_grpo_trainer
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        copies.append(self)
+        generations.append(_spy_generate(self))
+
+    monkeypatch.setattr(rollout.RolloutCopy, "__init__", init)
+    monkeypatch.setattr(rollout.RolloutCopy, "refresh",
+                        lambda self, model, step=None: (refreshes.append(step), real_refresh(self, model, step))[1])
+    monkeypatch.setattr(grpo, "build_grpo_trainer", lambda ctx: trainers.append(real_build(ctx)) or trainers[-1])
+    trl_calls, trl_generate = [], GRPOTrainer._generate_single_turn
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn",
+                        lambda self, *args, **kwargs: (trl_calls.append((args, kwargs)),
+                                                       trl_generate(self, *args, **kwargs))[1])
+    small = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "batch_size": 2}
+    grpo_stage = {**small, "num_generations": 2, "max_completion_length": 6, "rollout": "dense",
+                  "grad_accum": 2, "steps_per_generation": 1, "rewards": ["format", "varied"]}
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path), "name": "s", "data": str(synth_root), "cot": str(cot_dir),
+        "model": {"source": str(small_tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
+        "train": {"lora": {"r": 4, "alpha": 8}, "stages": {"1_sft": {**small, "max_steps": 1},
+                                                            "2_grpo_format": grpo_stage}}})
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    trainer = trainers[0]
+    assert type(trainer).__name__ == "FastRolloutGRPOTrainer"
+    assert trainer.rollout_options == {"static_cache": True}
+    # one copy; 2 optimizer steps × 2 rollouts, all on the copy; refreshed at its build (None) and once after
+    # each optimizer step that a rollout followed (step 1), not again for a step's second rollout
+    assert len(copies) == 1 and generations[0] == [6, 6, 6, 6]
+    assert refreshes == [None, 1]
+    # the copy asks for the static cache, and so does the generation config trl passes to generate(), with
+    # compilation allowed again (trl turns it off for its training-model rollouts)
+    assert copies[0].model.generation_config.cache_implementation == "static"
+    assert trainer.generation_config.cache_implementation == "static"
+    assert trainer.generation_config.disable_compile is False
+    # trl's tool loop passes num_generations and has_tool_images by keyword: they reach trl's own method too
+    (prompt_ids, images, fields, n), _ = trl_calls[0]
+    trainer._generate_single_turn(prompt_ids, images, fields, num_generations=n, has_tool_images=False)
+    assert trl_calls[-1] == ((prompt_ids, images, fields), {"num_generations": n, "has_tool_images": False})
+    assert generations[0][-1] == 6  # on the copy
+
+
+def _bnb_policy(model_dir, quantization: dict, dtype=torch.float32, targets=("q_proj", "v_proj")):
+    """A tiny InternVL quantized by bitsandbytes as ``from_pretrained`` does it (``quantization``: the
+    BitsAndBytesConfig arguments), with LoRA on ``targets`` of the language model only: the language model's
+    other Linears stay quantized and frozen. Returns ``(policy, dense)``, ``dense`` the same checkpoint
+    unquantized in fp32 (the reference for the copy's weights)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from factory.families import get_family
+    from factory.models import load_model
+
+    family = get_family("internvl")
+    config = BitsAndBytesConfig(**quantization, llm_int8_skip_modules=list(family.skip_4bit_modules))
+    model = family.model_cls().from_pretrained(str(model_dir), quantization_config=config, dtype=dtype,
+                                               device_map={"": "cpu"})
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=rf".*language_model.*\.({'|'.join(targets)})",
+                      init_lora_weights=False)
+    torch.manual_seed(0)
+    dense = load_model(model_dir, dtype="float32", device="cpu").model
+    return get_peft_model(model, lora).eval(), dense
+
+
+def test_copy_of_an_int8_policy_holds_the_dequantized_weights(small_tiny_dirs):
+    """An 8-bit base (bitsandbytes Int8Params): every quantized weight of the copy is the dequantized weight
+    (plus the LoRA delta where adapted), never the raw int8 codes."""
+    from peft.tuners.lora import LoraLayer
+
+    policy, dense = _bnb_policy(small_tiny_dirs("internvl"), {"load_in_8bit": True})
+    weights = dict(policy.named_parameters())
+    assert {type(weights[f"base_model.model.{n}.base_layer.weight"]).__name__
+            for n, m in policy.get_base_model().named_modules() if isinstance(m, LoraLayer)} == {"Int8Params"}
+    assert "Int8Params" in {type(p).__name__ for n, p in weights.items() if ".mlp." in n}  # not adapted
+    copy = RolloutCopy(policy)
+    assert copy.dtype == torch.float32
+    adapted = {n: m for n, m in policy.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+    checked = 0
+    for name, module in dense.named_modules():
+        if not isinstance(module, torch.nn.Linear) or ".language_model." not in name:
+            continue
+        want = module.weight.detach().float()
+        if name in adapted:
+            want = want + adapted[name].get_delta_weight("default").float()
+        got = copy.model.get_submodule(name).weight.float()
+        # int8 absmax rounding per row: within half a step of 1/127 of the row's largest weight
+        bound = module.weight.abs().amax(1, keepdim=True) / 127
+        assert ((got - want).abs() <= bound).all(), name
+        checked += 1
+    assert checked == 14  # 2 layers × 7 Linears
+
+
+def test_copy_of_an_int8_policy_computes_in_the_frozen_weights_dtype(small_tiny_dirs):
+    """An 8-bit LoRA base has no compute dtype and int8 weights: the copy takes the dtype of the frozen float
+    weights (bf16 here), not that of an fp32 trainable weight that comes first."""
+    from factory.train.common import keep_trainable_fp32
+    from factory.train.rollout import compute_dtype
+
+    policy, _ = _bnb_policy(small_tiny_dirs("internvl"), {"load_in_8bit": True}, dtype=torch.bfloat16)
+    next(policy.parameters()).requires_grad_(True)
+    keep_trainable_fp32(policy)
+    first = next(policy.parameters())
+    assert first.requires_grad and first.dtype == torch.float32
+    assert compute_dtype(policy) == torch.bfloat16
+    copy = RolloutCopy(policy)
+    assert copy.dtype == torch.bfloat16
+    assert {p.dtype for p in copy.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+
+
+def test_copy_of_an_nf4_policy_takes_bitsandbytes_compute_dtype(small_tiny_dirs):
+    """A 4-bit base whose dense weights are fp32 but whose 4-bit layers compute in bf16 (a BitsAndBytesConfig
+    the user chose): the adapted layers compute in bf16, and so does the copy."""
+    from factory.train.rollout import compute_dtype
+
+    policy, _ = _bnb_policy(small_tiny_dirs("internvl"), {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                          "bnb_4bit_compute_dtype": torch.bfloat16})
+    assert next(p for p in policy.parameters() if p.is_floating_point()).dtype == torch.float32
+    assert compute_dtype(policy) == torch.bfloat16
+    assert RolloutCopy(policy).dtype == torch.bfloat16
+
+
+def test_building_the_copy_leaves_the_policy_as_it_was(tiny_dirs):
+    """The copy shares frozen weights with the policy; building it must not freeze the policy's trained
+    weights (a shared ``modules_to_save`` weight would be frozen with the copy) nor unfreeze shared frozen
+    ones; it keeps its own copy of each trained weight, and no static cache unless asked."""
+    policy, _ = _policy(tiny_dirs)  # fp32: a trained lm_head has the copy's dtype, so it could be shared
+    before = {n: p.requires_grad for n, p in policy.named_parameters()}
+    assert any(".modules_to_save." in n for n, trained in before.items() if trained)
+    copy = RolloutCopy(policy)
+    assert {n: p.requires_grad for n, p in policy.named_parameters()} == before
+    assert not [n for n, p in copy.model.named_parameters() if p.requires_grad]
+    trained = {id(p) for p in policy.parameters() if p.requires_grad}
+    assert not trained & {id(p) for p in copy.model.parameters()}
+    assert copy.model.generation_config.cache_implementation is None
+    assert copy.model.generation_config.cache_implementation == policy.generation_config.cache_implementation
+
+
+def test_copy_merges_every_active_adapter_also_where_a_layer_lacks_one(tiny_dirs):
+    """Two active adapters, the second on v_proj only: layers without it are neither refused nor changed by
+    it, and the copy computes what the policy does."""
+    from peft import LoraConfig
+
+    policy, processor = _policy(tiny_dirs, modules_to_save=())
+    policy.add_adapter("extra", LoraConfig(r=2, lora_alpha=4, target_modules=r".*language_model.*\.v_proj",
+                                           init_lora_weights=False))
+    policy.base_model.set_adapter(["default", "extra"])
+    copy = RolloutCopy(policy)
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        assert (policy(**inputs).logits - copy.model(**inputs).logits).abs().max() < 1e-4
+
+
+def test_a_policy_tensor_without_source_is_named(tiny_dirs):
+    """A copy tensor the policy has no counterpart for fails the build, naming the tensors: a module with
+    parameters (the first five of them, and how many) or a buffer."""
+    policy, _ = _policy(tiny_dirs)
+    del policy.get_base_model().model.multi_modal_projector  # 6 tensors
+    names = ["model.multi_modal_projector." + n for n in ("layer_norm.weight", "layer_norm.bias", "linear_1.weight",
+                                                          "linear_1.bias", "linear_2.weight")]
+    with pytest.raises(RuntimeError) as err:
+        RolloutCopy(policy)
+    assert str(err.value) == f"rollout copy: no source for {names} (6 tensors)"
+
+    policy, _ = _policy(tiny_dirs)
+    del policy.get_base_model().model.language_model.rotary_emb.inv_freq
+    with pytest.raises(RuntimeError) as err:
+        RolloutCopy(policy)
+    assert str(err.value) == "rollout copy: buffer model.language_model.rotary_emb.inv_freq has no source"
+
+
+def test_a_rollout_trainer_class_starts_without_rollout_options():
+    """``build_grpo_trainer`` sets the options on the class it gets; one made by hand takes none (no static
+    cache), and each call makes its own class, so options set on one do not leak into the next."""
+    from factory.train.rollout import fast_grpo_trainer_class
+
+    first = fast_grpo_trainer_class()
+    assert first.rollout_options == {}
+    first.rollout_options = {"static_cache": True}
+    assert fast_grpo_trainer_class().rollout_options == {}
