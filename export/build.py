@@ -28,7 +28,7 @@ from pathlib import Path
 from factory.errors import SVLMError
 from export.compare import compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
-from export.runtime import FORMAT_VERSION, MANIFEST
+from export.runtime import FORMAT_VERSION, MANIFEST, sha256
 
 QUANTS = ("fp32", "int8", "int4")
 
@@ -213,8 +213,9 @@ def _quantize(src: Path, dst: Path, quant: str, int4: dict) -> None:
 
 
 def _files(pkg: Path) -> dict:
-    return {f.name: {"bytes": f.stat().st_size} for f in sorted(pkg.iterdir()) if f.is_file()
-            and f.name != MANIFEST}
+    """Every file of the package but the manifest, with the size and sha256 the runtime checks on load."""
+    return {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(pkg.iterdir())
+            if f.is_file() and f.name != MANIFEST}
 
 
 def token_ids(model, family, tokenizer) -> dict:
@@ -286,6 +287,9 @@ print(Package("{m['quantization']['name']}").generate("image.jpg").text)
 | max abs logit gap vs PyTorch (prefill) | {v['max_abs_logit_diff']:.3g} |
 | greedy tokens identical to PyTorch | {v['greedy_tokens_identical']:.0%} |
 | label agreement with PyTorch | {v['label_agreement']:.0%} |
+
+Every file is listed in `manifest.json` with its size and sha256; the runtime checks both on load and
+refuses a damaged or altered package (`Package(path, verify=False)` checks sizes only).
 
 Labels: {', '.join(m['labels'])}. Question: "{m['prompt']['question']}"
 The training data and teachers determine what the model has learnt; a random-weight test model learns

@@ -28,11 +28,15 @@ import numpy as np
 from export.preprocess import preprocess
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every file listed with its sha256 (1: sizes only; still read)
+READS = (1, 2)
+REQUIRED = ("format_version", "graphs", "tokenizer", "files", "text", "image", "tokens", "prompt", "labels",
+            "quantization")
+GRAPHS = ("vision", "embed", "decoder")
 
 
 class PackageError(Exception):
-    """A package that is missing, incomplete or corrupted."""
+    """A package that is missing, incomplete, damaged or tampered with (the CLIs print it as one line)."""
 
 
 @dataclass
@@ -56,8 +60,28 @@ class Generation:
         return n / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def read_manifest(path: str | Path) -> dict:
-    """The manifest of a package, with a clear error when the package is incomplete."""
+def sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_name(value, where: str, mf: Path) -> str:
+    """A bare file name inside the package: no directories, no absolute path, no '..'."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
+            or Path(value).is_absolute() or Path(value).name != value:
+        raise PackageError(f"{mf}: {where} {value!r} is not a file name inside the package")
+    return value
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> dict:
+    """The manifest of a package, checked: paths confined to the package, every graph and the tokenizer
+    listed, each listed file present with its size and (``verify``, the default) its sha256. Anything else is
+    one clear ``PackageError``. ``verify=False`` skips hashing (a few seconds for a 1 GB package)."""
     root = Path(path)
     if not root.is_dir():
         raise PackageError(f"no package at {root}")
@@ -65,31 +89,56 @@ def read_manifest(path: str | Path) -> dict:
     if not mf.is_file():
         raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(mf.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{mf} is corrupted: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{mf} is corrupted: not a JSON object")
+    if manifest.get("format_version") not in READS:
         raise PackageError(f"{mf}: format_version {manifest.get('format_version')!r}, this runtime reads "
-                           f"{FORMAT_VERSION}")
-    for name, info in manifest.get("files", {}).items():
-        f = root / name
+                           f"{', '.join(map(str, READS))}")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise PackageError(f"{mf} lacks {', '.join(missing)}")
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or any(g not in graphs for g in GRAPHS):
+        raise PackageError(f"{mf}: graphs must name {', '.join(GRAPHS)}")
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise PackageError(f"{mf}: files must map file names to their size and sha256")
+    needed = {_file_name(graphs[g], f"graph {g}", mf) for g in GRAPHS}
+    needed.add(_file_name(manifest["tokenizer"], "tokenizer", mf))
+    unlisted = sorted(needed - set(files))
+    if unlisted:
+        raise PackageError(f"{mf}: {', '.join(unlisted)} not listed in files (unverified content)")
+    hashed = manifest["format_version"] >= 2
+    for name, info in files.items():
+        f = root / _file_name(name, "file", mf)
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or \
+                (hashed and not isinstance(info.get("sha256"), str)):
+            raise PackageError(f"{mf}: files[{name!r}] needs bytes{' and sha256' if hashed else ''}")
         if not f.is_file():
             raise PackageError(f"{root} is incomplete: {name} is missing")
         if f.stat().st_size != info["bytes"]:
             raise PackageError(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']} "
                                "(truncated or replaced)")
+    if verify and hashed:
+        for name, info in files.items():
+            if sha256(root / name) != info["sha256"]:
+                raise PackageError(f"{root}: {name} does not match its sha256 in the manifest (damaged or altered)")
     return manifest
 
 
 class Package:
     """A loaded package: three onnxruntime sessions, the tokenizer and the manifest."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 verify: bool = True):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.root = Path(path)
-        self.manifest = read_manifest(self.root)
+        self.manifest = read_manifest(self.root, verify=verify)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

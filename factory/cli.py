@@ -13,6 +13,7 @@ from pathlib import Path
 
 from factory import __version__
 from factory import config as config_lib
+from export.runtime import PackageError  # numpy only: cheap, torch-free
 from factory.errors import SVLMError
 
 EPILOG_OVERRIDES = "Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400)."
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SVLMError as exc:
+    except (SVLMError, PackageError) as exc:
         print(f"svlm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.runtime import FORMAT_VERSION, sha256
 from factory.prompts import EMOTIONS
 
 SCRIPT = "<think>grey sky</think><answer>awe</answer>"
@@ -147,10 +148,10 @@ def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, scr
     eos, img = tok.token_to_id(EOS), tok.token_to_id(IMG)
     _graphs(out, tok.get_vocab_size(), len(prompt), tok.encode(script, add_special_tokens=False).ids, eos, seed,
             logits_to_keep)
-    files = {name: {"bytes": (out / name).stat().st_size}
+    files = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256(out / name)}
              for name in ("vision.onnx", "embed.onnx", "decoder.onnx", "tokenizer.json")}
     manifest = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "family": "toy",
         "graphs": {"vision": "vision.onnx", "embed": "embed.onnx", "decoder": "decoder.onnx"},
         "tokenizer": "tokenizer.json",
