@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.errors import SVLMError
-from export.compare import compare
+from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from export.runtime import FORMAT_VERSION, MANIFEST, sha256
 
@@ -48,7 +48,7 @@ class ExportConfig:
     # int4 MatMulNBits compute precision (onnxruntime's accuracy_level): 4 = int8 activations, the fast CPU
     # path; 1 = fp32 (slower, closest to the fp32 graph); 0 leaves it unset (onnxruntime then computes in fp32)
     accuracy_level: int = 4
-    validate_images: int = 4  # real images compared token by token against PyTorch
+    validate_images: int = 32  # validation images compared token by token against PyTorch (all if fewer)
     max_new_tokens: int = 48
     overwrite: bool = False
 
@@ -138,23 +138,46 @@ def prompt_ids(processor, image, style: str = "cot") -> list[int]:
 
 
 def _validation_images(cfg: ExportConfig, n: int):
-    """Real inputs: the run's validation images, else a few synthetic ones."""
-    from PIL import Image
-
+    """Real inputs: ``n`` of the run's validation images (all if fewer), else ``n`` synthetic ones."""
     from factory.data.emoset import read_split
 
     paths = []
-    if cfg.run is not None and (Path(cfg.run) / "data" / "val.json").is_file():
-        paths = [r.image_path for r in read_split(Path(cfg.run) / "data", "val", check_images="none").records]
+    root = _run_data(Path(cfg.run), cfg.stage) if cfg.run is not None else None
+    if root is not None:
+        paths = [r.image_path for r in read_split(root, "val", check_images="none").records]
     if not paths:
         import tempfile
 
         from factory.data.synth import SynthConfig, generate
 
-        tmp = Path(tempfile.mkdtemp(prefix="svlm_export_images_"))
-        generate(SynthConfig(out=str(tmp / "d"), n=16, seed=3, image_size=96), progress=False)
-        paths = sorted((tmp / "d" / "image").rglob("*.jpg"))
-    # spread over classes: every k-th image
+        with tempfile.TemporaryDirectory(prefix="svlm_export_images_") as tmp:
+            # n + 8: the generator rounds its count down to whole classes
+            generate(SynthConfig(out=str(Path(tmp) / "d"), n=max(n + 8, 16), seed=3, image_size=96),
+                     progress=False)
+            paths = sorted((Path(tmp) / "d" / "image").rglob("*.jpg"))
+            return _spread(paths, n)
+    return _spread(paths, n)
+
+
+def _run_data(run: Path, stage: str | None) -> Path | None:
+    """The EmoSet root a run trained on: ``svlm run``'s ``<run>/data``, else the ``data`` of a stage's saved
+    ``svlm train`` config (the exported stage's, or any finished one's); None when it has no validation split."""
+    import yaml
+
+    candidates = [run / "data"]
+    configs = [run / stage / "svlm_config.yaml"] if stage else sorted(run.glob("*/svlm_config.yaml"))
+    for f in configs:
+        if f.is_file():
+            data = (yaml.safe_load(f.read_text()) or {}).get("data")
+            if isinstance(data, str):
+                candidates.append(Path(data))
+    return next((c for c in candidates if (c / "val.json").is_file()), None)
+
+
+def _spread(paths, n: int):
+    """``n`` images spread over the sorted list (so over classes: every k-th), loaded into memory."""
+    from PIL import Image
+
     step = max(1, len(paths) // n)
     return [Image.open(p).convert("RGB") for p in paths[::step][:n]]
 
@@ -286,7 +309,7 @@ print(Package("{m['quantization']['name']}").generate("image.jpg").text)
 | validated on | {v['images']} images |
 | max abs logit gap vs PyTorch (prefill) | {v['max_abs_logit_diff']:.3g} |
 | greedy tokens identical to PyTorch | {v['greedy_tokens_identical']:.0%} |
-| label agreement with PyTorch | {v['label_agreement']:.0%} |
+| label agreement with PyTorch | {agreement_text(v)} |
 
 Every file is listed in `manifest.json` with its size and sha256; the runtime checks both on load and
 refuses a damaged or altered package (`Package(path, verify=False)` checks sizes only).
@@ -354,7 +377,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
             _quantize(fp32, pkg, quant, int4)
         _write_package(pkg, quant, int4, family, processor, dims, spec, ids, tokens, provenance,
                        {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
-                        "label_agreement": 0.0}, merge_gap)
+                        "labels_valid_torch": 0, "label_agreement": None}, merge_gap)
         validation = compare(Package(pkg), refs, cfg.max_new_tokens)
         if quant == "fp32":
             if validation["max_abs_logit_diff"] > family.onnx.tolerance or validation["greedy_tokens_identical"] < 1:
@@ -367,7 +390,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         m = manifests[quant]
         _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
              f"greedy tokens identical {validation['greedy_tokens_identical']:.0%}, "
-             f"labels agree {validation['label_agreement']:.0%}")
+             f"labels agree: {agreement_text(validation)}")
     if "fp32" not in cfg.quant:
         shutil.rmtree(fp32)
         manifests.pop("fp32")

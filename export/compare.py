@@ -49,7 +49,7 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
         tie: a divergence counts as agreement only where PyTorch's top-2 gap at the first differing step is
             below this: there the two runtimes' rounding, not the export, picks the token.
     """
-    gaps, same_tokens, same_labels, labels, ties = [], 0, 0, [], 0
+    gaps, same_tokens, same_labels, labels, ties, valid = [], 0, 0, [], 0, 0
     for ref in refs:
         feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
         logits, _ = package.prefill(feats, all_logits=True)
@@ -65,8 +65,25 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
             ties += at_tie
             same_tokens += at_tie
         ref_label = parse_answer(package.tokenizer.decode(want, skip_special_tokens=True)).label
-        same_labels += gen.label == ref_label
+        if ref_label is not None:  # "agreement" on two parse failures would say nothing about the labels
+            valid += 1
+            same_labels += gen.label == ref_label
         labels.append([ref_label, gen.label])
     n = len(refs)
     return {"images": n, "max_abs_logit_diff": max(gaps), "greedy_tokens_identical": same_tokens / n,
-            "diverged_at_ties": ties, "label_agreement": same_labels / n, "labels_torch_onnx": labels}
+            "diverged_at_ties": ties, "labels_valid_torch": valid,
+            "label_agreement": same_labels / valid if valid else None, "labels_torch_onnx": labels}
+
+
+def agreement_text(v: dict) -> str:
+    """The label agreement as the card and the logs state it: over the images where PyTorch gave a label.
+
+    >>> agreement_text({"images": 32, "labels_valid_torch": 20, "label_agreement": 0.95})
+    '95% of the 20 of 32 images where PyTorch gave a valid label'
+    >>> agreement_text({"images": 4, "labels_valid_torch": 0, "label_agreement": None})
+    'not measured: PyTorch gave no valid label on any of the 4 images'
+    """
+    if not v.get("labels_valid_torch"):
+        return f"not measured: PyTorch gave no valid label on any of the {v['images']} images"
+    return (f"{v['label_agreement']:.0%} of the {v['labels_valid_torch']} of {v['images']} images where PyTorch "
+            "gave a valid label")

@@ -136,6 +136,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from export.build import ExportConfig, export
+    from export.compare import agreement_text
 
     quant = args.quant.split(",") if args.quant else None
     cfg = config_lib.load(ExportConfig, args.config, _overrides(args, {
@@ -146,7 +147,7 @@ def cmd_export(args) -> int:
     for quant, m in manifests.items():
         v = m["validation"]
         print(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB; max |Δlogits| vs PyTorch {v['max_abs_logit_diff']:.2e}; "
-              f"greedy tokens identical {v['greedy_tokens_identical']:.0%}; labels agree {v['label_agreement']:.0%}")
+              f"greedy tokens identical {v['greedy_tokens_identical']:.0%}; labels agree: {agreement_text(v)}")
     return 0
 
 

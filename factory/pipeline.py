@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.compare import agreement_text
 from factory import config as config_lib
 from factory.cot.teachers import TeacherConfig
 from factory.data.synth import SynthConfig
@@ -224,8 +225,7 @@ def run(cfg: RunConfig) -> dict:
         print(heldout_table(heldout))
     _log(f"done in {summary['seconds']} s; summary at {run_dir / 'summary.json'}, chart at {plot}")
     for quant, info in exported.items():
-        _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB, labels agree with PyTorch on "
-             f"{info['label_agreement']:.0%} of {info['images']} images)")
+        _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB; labels agree with PyTorch: {agreement_text(info)})")
     if bench:
         _log(f"benchmark report: {bench['accuracy_md']} and {bench['latency_md']} (+ plots in {bench['dir']})")
     if exported:
@@ -346,7 +346,8 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
     return {q: {"path": str(out / q), "mb": round(m["size_bytes"] / 1e6, 2),
                 "max_abs_logit_diff": m["validation"]["max_abs_logit_diff"],
                 "greedy_tokens_identical": m["validation"]["greedy_tokens_identical"],
-                "label_agreement": m["validation"]["label_agreement"], "images": m["validation"]["images"]}
+                "label_agreement": m["validation"]["label_agreement"], "images": m["validation"]["images"],
+                "labels_valid_torch": m["validation"].get("labels_valid_torch", m["validation"]["images"])}
             for q, m in manifests.items()}
 
 

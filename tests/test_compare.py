@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.compare import compare, first_divergence, until_eos
+from export.compare import agreement_text, compare, first_divergence, until_eos
 
 EOS = 2
 # a character per token: 10 -> "<", 11 -> "a", ...; what the fake tokenizer decodes
@@ -68,7 +68,8 @@ def test_identical_packages_agree_everywhere():
     pkg, refs = _case([(AWE + [EOS], AWE), (FEAR + [EOS, 0, 0], FEAR)])
     v = compare(pkg, refs, max_new_tokens=12)
     assert v == {"images": 2, "max_abs_logit_diff": 0.0, "greedy_tokens_identical": 1.0, "diverged_at_ties": 0,
-                 "label_agreement": 1.0, "labels_torch_onnx": [["awe", "awe"], ["fear", "fear"]]}
+                 "labels_valid_torch": 2, "label_agreement": 1.0,
+                 "labels_torch_onnx": [["awe", "awe"], ["fear", "fear"]]}
     assert pkg.asked == [(12, False), (12, False)]  # the same budget; no label scoring during validation
 
 
@@ -117,7 +118,22 @@ def test_the_logit_gap_is_the_largest_over_images_and_positions():
 def test_labels_are_parsed_from_pytorchs_tokens_and_the_packages_answer():
     pkg, refs = _case([([10, 14, 13], AWE), (FEAR, [10, 14])])  # not a label; cut before the label
     v = compare(pkg, refs, max_new_tokens=12)
-    assert v["labels_torch_onnx"] == [[None, "awe"], ["fear", None]] and v["label_agreement"] == 0.0
+    assert v["labels_torch_onnx"] == [[None, "awe"], ["fear", None]]
+    assert v["labels_valid_torch"] == 1 and v["label_agreement"] == 0.0  # over the one valid PyTorch label
+
+
+def test_agreement_counts_only_images_where_pytorch_gave_a_label():
+    """Two parse failures are not an agreement: the default run's 4 validation images all gave no label in
+    both runtimes, and the card said "label agreement 100 %"."""
+    none = [10, 14, 13]  # not a label
+    pkg, refs = _case([(none, none), (none, none)])
+    v = compare(pkg, refs, max_new_tokens=12)
+    assert v["labels_valid_torch"] == 0 and v["label_agreement"] is None
+    assert agreement_text(v) == "not measured: PyTorch gave no valid label on any of the 2 images"
+    pkg, refs = _case([(none, none), (AWE, AWE), (FEAR, AWE), (none, AWE)])
+    v = compare(pkg, refs, max_new_tokens=12)
+    assert v["labels_valid_torch"] == 2 and v["label_agreement"] == 0.5
+    assert agreement_text(v) == "50% of the 2 of 4 images where PyTorch gave a valid label"
 
 
 def test_helpers():

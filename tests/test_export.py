@@ -14,6 +14,7 @@ import pytest
 from factory import config as config_lib
 
 from export.build import ExportConfig, ExportError, export
+from export.compare import agreement_text
 from export.runtime import Package, PackageError
 
 
@@ -53,6 +54,9 @@ def test_packages_validate_and_describe_themselves(exported):
             assert key in m, f"{quant}: manifest lacks {key}"
         assert json.loads((pkg / "manifest.json").read_text()) == m
         assert (pkg / "README.md").read_text().startswith("# SVLM Factory export")
+        v = m["validation"]
+        assert v["labels_valid_torch"] == sum(t is not None for t, _ in v["labels_torch_onnx"])
+        assert f"| label agreement with PyTorch | {agreement_text(v)} |" in (pkg / "README.md").read_text()
         assert m["source"]["stage"] == "0_baseline" and m["prompt"]["question"].endswith("inside <answer></answer>.")
         # the real tokenizer's ids: InternVL's <IMG_CONTEXT> and <|im_end|>
         assert m["tokens"]["image_token_id"] == 151667 and 151645 in m["tokens"]["eos_token_ids"]
@@ -76,6 +80,19 @@ def test_the_exported_decoder_computes_logits_only_at_the_kept_positions(exporte
     assert last.shape == (1, 1, pkg.dims["vocab"]) and every.shape == (1, len(pkg.prompt_ids), pkg.dims["vocab"])
     assert np.allclose(last[0, 0], every[0, -1], atol=1e-4)
     assert not np.allclose(every[0, 0], every[0, -1], atol=1e-3)  # not one row broadcast
+
+
+@pytest.mark.parametrize("n", [3, 32])
+def test_validation_takes_n_images_of_the_runs_validation_split_or_all_of_them(baseline_run, synth_root, n):
+    from export.build import _run_data, _validation_images
+    from factory.data.emoset import read_split
+
+    assert _run_data(baseline_run, None) == synth_root  # an `svlm train` run: the data its stages name
+    val = read_split(synth_root, "val", check_images="none").records
+    images = _validation_images(ExportConfig(run=str(baseline_run)), n)
+    assert len(images) == min(n, len(val)) and len({im.tobytes() for im in images}) == len(images)
+    assert ExportConfig(model="m").validate_images == 32
+    assert len(_validation_images(ExportConfig(model="m"), 20)) == 20  # no run: synthetic images
 
 
 def test_int8_labels_agree_with_pytorch(exported):
