@@ -27,7 +27,7 @@ def _p50(values: list[float]) -> float:
 
 def stage_times(package: str, images: list[str], runs: int, threads: int) -> dict:
     """p50 seconds of each part of the time to first token, in one process."""
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     pkg = Package(package, threads=threads)
     parts = defaultdict(list)
@@ -58,7 +58,7 @@ def stage_times(package: str, images: list[str], runs: int, threads: int) -> dic
 
 def prefill_by_image_tokens(package: str, runs: int, threads: int, counts: list[int]) -> dict:
     """The decoder's prefill time for the same prompt with ``k`` image tokens instead of all of them."""
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     pkg = Package(package, threads=threads)
     n = pkg.prompt_ids.shape[0]
@@ -83,7 +83,7 @@ def op_profile(package: str, image: str, threads: int, top: int = 6) -> dict:
     """onnxruntime's per-node profile of one vision run and one prefill (after a warm-up run)."""
     import onnxruntime as ort
 
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     pkg = Package(package, threads=threads)
     pv = pkg.pixel_values(image)

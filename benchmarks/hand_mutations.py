@@ -6,9 +6,9 @@
 
 The script copies the working tree (tracked and untracked, not ignored files) to a temporary folder once,
 and for each mutation edits the file there (literal replacements, each of which must match exactly once),
-runs its killing tests there with ``pytest -x`` (``PYTHONPATH`` points at the copy, so the editable install
-and the ``svlm`` console script import the mutated code too), restores the file and reports KILLED (pytest
-failed) or SURVIVED. The checkout itself is never edited, so running jobs and other work are not disturbed. ``mutmut`` (``benchmarks/mutation.sh``) covers the small pure modules
+runs its killing tests there with ``pytest -x`` (``PYTHONPATH`` points at the copy and its ``runtime/``, so
+the editable installs and the ``svlm`` console script import the mutated code too), restores the file and
+reports KILLED (pytest failed) or SURVIVED. The checkout itself is never edited, so running jobs and other work are not disturbed. ``mutmut`` (``benchmarks/mutation.sh``) covers the small pure modules
 mechanically; these are the breakages that span modules or need a trained model, which mutmut cannot reach
 in an hour on this machine.
 """
@@ -80,11 +80,11 @@ MUTATIONS = [
         ("tests/test_train.py::test_cli_train_success_prints_the_stage_table",)),
     Mutation(
         "pick_argmax", "the runtime's sampler always takes the argmax",
-        "export/runtime.py", (("        if temperature <= 0:\n", "        if True:\n"),),
+        "runtime/svlm_runtime/package.py", (("        if temperature <= 0:\n", "        if True:\n"),),
         ("tests/test_runtime_unit.py",)),
     Mutation(
         "on_text_once", "the runtime calls on_text once, after generation (the in-loop calls removed)",
-        "export/runtime.py",
+        "runtime/svlm_runtime/package.py",
         (("            if on_text is not None and ready > sent:\n                on_text(text[sent:ready])\n"
           "                sent = ready\n", ""),),
         ("tests/test_runtime_unit.py",)),
@@ -95,7 +95,7 @@ MUTATIONS = [
     # the issue's other weak points and the README claims that had no test
     Mutation(
         "quantized_ignores_image", "quantized packages answer without looking at the image (fp32 still does)",
-        "export/runtime.py",
+        "runtime/svlm_runtime/package.py",
         (('        features = self.vision.run(None, {"pixel_values": pv.astype(np.float32)})[0]\n',
           '        blind = self.manifest["quantization"]["name"] != "fp32"\n'
           '        features = self.vision.run(None, {"pixel_values": (pv * (not blind)).astype(np.float32)})[0]\n'),),
@@ -133,7 +133,7 @@ MUTATIONS = [
         ("tests/test_cot.py::test_endpoint_teachers_are_asked_exactly_the_students_question",)),
     Mutation(
         "preprocess_bilinear", "InternVL's runtime preprocessing resizes bilinearly instead of with the spec's kernel",
-        "export/preprocess.py",
+        "runtime/svlm_runtime/preprocess.py",
         (('img = img.resize((spec["width"], spec["height"]), resample=Image.Resampling(spec["resample"]))',
           'img = img.resize((spec["width"], spec["height"]), resample=Image.Resampling.BILINEAR)'),),
         ("tests/test_preprocess.py",)),
@@ -172,8 +172,10 @@ def copy_tree(dest: Path) -> Path:
 
 
 def test_env(tree: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(tree)}
-    where = subprocess.run([sys.executable, "-c", "import factory, export; print(factory.__file__, export.__file__)"],
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "runtime")])}  # svlm_runtime lives in runtime/
+    where = subprocess.run([sys.executable, "-c", "import factory, export, svlm_runtime as r; "
+                            "print(factory.__file__, export.__file__, r.__file__)"],
                            cwd=tree, env=env, capture_output=True, text=True, check=True).stdout.split()
     if not all(Path(w).resolve().is_relative_to(tree.resolve()) for w in where):
         raise SystemExit(f"the copy's packages do not shadow the installed ones: {where}")

@@ -7,7 +7,7 @@ A model spec is a path:
 
 Both kinds answer the stage's question greedily and report per-image timings: preprocessing, vision
 encoding, time to first token (image in → first token) and decode time. Both score the answer's per-label
-probabilities with the one plan of ``export.answer`` (the runtime with its KV cache, ``TorchModel`` with a
+probabilities with the one plan of ``svlm_runtime.label_scoring`` (the runtime with its KV cache, ``TorchModel`` with a
 batched forward pass).
 """
 
@@ -61,7 +61,7 @@ class OnnxModel:
     kind = "onnx"
 
     def __init__(self, path: Path, threads: int | None = None):
-        from export.runtime import Package
+        from svlm_runtime.package import Package
 
         self.path = Path(path)
         self.package = Package(path, threads=threads)
@@ -122,11 +122,11 @@ class TorchModel:
         return out
 
     def label_probs(self, image, generated: list[int]) -> tuple[dict[str, float], bool]:
-        """Per-label probabilities of the answer after ``generated`` (``export.answer``) and whether they were
+        """Per-label probabilities of the answer after ``generated`` (``label_scoring``) and whether they were
         forced, from one batched forward pass over the prompt, the kept context and each label's tokens."""
         import torch
 
-        from export.answer import label_probabilities, plan_label_scoring
+        from svlm_runtime.label_scoring import label_probabilities, plan_label_scoring
         from factory.prompts import EMOTIONS
 
         tok = self.processor.tokenizer

@@ -16,8 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.txt"
-MODULES = ["factory.rewards", "factory.prompts", "factory.train.stages", "factory.train.rollout", "export.runtime",
-           "export.preprocess", "export.compare"]
+MODULES = ["factory.rewards", "factory.prompts", "factory.train.stages", "factory.train.rollout", "export.compare"]
 
 
 def equivalents() -> dict[str, str]:

@@ -6,8 +6,9 @@
 Pick an example or upload an image, choose a model variant (every ONNX package and trained stage found
 under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a label with a
 per-emotion probability chart (each label scored as a whole token sequence after the model's ``<answer>``,
-``export.answer``; marked "forced" when the model gave no valid answer and the labels were scored after its
-reasoning), next to time to first token, tokens/s and the model's size. ONNX variants run on ``export.runtime`` and never import torch; PyTorch
+``svlm_runtime.label_scoring``; marked "forced" when the model gave no valid answer and the labels were scored
+after its reasoning), next to time to first token, tokens/s and the model's size. ONNX variants run on
+``svlm_runtime`` and never import torch; PyTorch
 stage outputs load torch only when chosen. Bad input (not an image, over 64 MP, nothing uploaded) is
 refused with a visible message.
 """
@@ -67,7 +68,7 @@ class Models:
 
 def _load(path: str):
     if (Path(path) / "manifest.json").is_file():
-        from export.runtime import Package
+        from svlm_runtime.package import Package
 
         return Package(path)
     from benchmarks.models import TorchModel  # torch only for PyTorch variants
@@ -83,7 +84,7 @@ def _size_mb(model) -> float:
 
 def stream(model, image_path: str, max_new_tokens: int = 160):
     """Yield ("text", partial text) while generating, then ("done", result dict)."""
-    from export.preprocess import load_image
+    from svlm_runtime.preprocess import load_image
 
     image = load_image(image_path)  # raises ValueError with a readable message for bad input
     chunks: queue.Queue = queue.Queue()

@@ -1,5 +1,4 @@
-"""The deployment side: merge + ONNX export + quantization (``build``, ``graphs``; torch) and the edge
-runtime (``runtime``, ``preprocess``; numpy + onnxruntime + tokenizers + Pillow only).
-
-Nothing imported by ``export.runtime`` may import torch, transformers, trl or peft; a test enforces it.
+"""The deployment side: merge + ONNX export + quantization (``build``, ``graphs``; torch) and the validation
+against PyTorch (``compare``). The edge runtime that runs the packages is its own distribution,
+``svlm_runtime`` (``runtime/``: numpy + onnxruntime + tokenizers + Pillow only; a test enforces it).
 """

@@ -28,7 +28,7 @@ from pathlib import Path
 from factory.errors import SVLMError
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
-from export.runtime import FORMAT_VERSION, MANIFEST, sha256
+from svlm_runtime.package import FORMAT_VERSION, MANIFEST, sha256
 
 QUANTS = ("fp32", "int8", "int4")
 
@@ -257,7 +257,7 @@ def token_ids(model, family, tokenizer) -> dict:
 def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: dict, spec: dict,
                    ids: list[int], tokens: dict, provenance: dict, validation: dict, merge_gap: float) -> dict:
     """Tokenizer, manifest and model card next to the graphs."""
-    from factory.prompts import EMOTIONS, question
+    from factory.prompts import ANSWER_FORMAT, EMOTIONS, question
 
     tok = processor.tokenizer
     tok.backend_tokenizer.save(str(pkg / "tokenizer.json"))
@@ -272,6 +272,7 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
         "prompt": {"question": question(provenance.get("question_style", "cot")), "input_ids": ids},
         "chat_template": processor.chat_template,
         "labels": list(EMOTIONS),
+        "answer": ANSWER_FORMAT.to_manifest(),  # the tags and parsing rule the runtime judges answers by
         "quantization": {"name": quant, **({"method": "MatMulNBits", "bits": 4, **int4,
                                            "vision": "int8 dynamic", "embed": "int8"} if quant == "int4" else
                                           {"method": "quantize_dynamic QInt8", "embed": "fp32"} if quant == "int8"
@@ -299,7 +300,7 @@ Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answe
 Run with onnxruntime alone (no torch):
 
 ```python
-from export.runtime import Package
+from svlm_runtime import Package
 print(Package("{m['quantization']['name']}").generate("image.jpg").text)
 ```
 
@@ -315,6 +316,7 @@ Every file is listed in `manifest.json` with its size and sha256; the runtime ch
 refuses a damaged or altered package (`Package(path, verify=False)` checks sizes only).
 
 Labels: {', '.join(m['labels'])}. Question: "{m['prompt']['question']}"
+Answer tags and parsing rule: `answer` in `manifest.json` ({m['answer']['rule']}).
 The training data and teachers determine what the model has learnt; a random-weight test model learns
 from synthetic images only.
 """
@@ -347,7 +349,7 @@ def export(cfg: ExportConfig) -> dict:
 
 
 def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> dict:
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     from transformers import AutoConfig
 

@@ -40,7 +40,7 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
     """Prefill logit gap and greedy-token agreement of an ONNX package against the PyTorch references.
 
     Args:
-        package: an ``export.runtime.Package`` (or anything with its ``vision``, ``prefill``, ``generate``,
+        package: an ``svlm_runtime.Package`` (or anything with its ``vision``, ``prefill``, ``generate``,
             ``eos_ids`` and ``tokenizer``).
         refs: per image, from ``export.build._torch_reference``: ``pixel_values``, PyTorch's prefill
             ``logits``, its greedy ``tokens`` and ``top2_gaps`` (the gap between the two largest logits at

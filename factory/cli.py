@@ -13,7 +13,7 @@ from pathlib import Path
 
 from factory import __version__
 from factory import config as config_lib
-from export.runtime import PackageError  # numpy only: cheap, torch-free
+from svlm_runtime.package import PackageError  # numpy only: cheap, torch-free
 from factory.errors import SVLMError
 
 EPILOG_OVERRIDES = "Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400)."

@@ -62,7 +62,7 @@ class OnnxSplit:
     # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
     # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
     image_features: Callable[[Any, Any], Any] | None = None
-    # image processor -> the manifest's preprocessing spec for the torch-free runtime (export/preprocess.py);
+    # image processor -> the manifest's preprocessing spec for the torch-free runtime (svlm_runtime/preprocess.py);
     # None: the runtime has no port of this family's preprocessing and the package says so
     image_spec: Callable[[Any], dict] | None = None
     unsupported: str | None = None  # why `svlm export` refuses this family (None: supported)

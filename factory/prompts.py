@@ -1,4 +1,5 @@
-"""The one place that owns the question, the answer format and answer parsing.
+"""The one place that owns the question and the label set; the answer format and its parser come from the
+runtime (``svlm_runtime.answer_format``), so training and a deployed package judge answers with one code.
 
 Every stage, benchmark, exporter and the demo imports from here, so a trained model is always asked the
 same question and always judged by the same parser. The format is the R1 convention (DESIGN.md §1, OURS):
@@ -6,18 +7,18 @@ same question and always judged by the same parser. The format is the R1 convent
     <think>free-text reasoning</think><answer>label</answer>
 
 ``label`` is one of the 8 EmoSet emotions in lower case. Parsing is tolerant of case and whitespace and
-strict about the label set: "  Sadness " is sadness, "sad" is not an answer.
+strict about the label set: "  Sadness " is sadness, "sad" is not an answer. The export writes the tags and
+the rule's name into each package's manifest (``ANSWER_FORMAT.to_manifest()``).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from importlib import resources
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from svlm_runtime.answer_format import (ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, AnswerFormat,
+                                        ParsedAnswer)
+
 FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
@@ -30,6 +31,8 @@ def _load_emotions() -> tuple[str, ...]:
 #: EmoSet's emotions in the official index order (info.json): positives first, not alphabetical.
 EMOTIONS: tuple[str, ...] = _load_emotions()
 LABEL2ID: dict[str, int] = {e: i for i, e in enumerate(EMOTIONS)}
+#: The answer format every stage trains and every package carries: default tags, EmoSet's labels.
+ANSWER_FORMAT = AnswerFormat(labels=EMOTIONS)
 
 _CHOICES = ", ".join(EMOTIONS)
 #: The question for chain-of-thought answers (stages 1-4 and the teachers).
@@ -44,10 +47,6 @@ LABEL_QUESTION = (
     f"Answer with the emotion only, inside {ANSWER_OPEN}{ANSWER_CLOSE}."
 )
 QUESTIONS = {"cot": COT_QUESTION, "label": LABEL_QUESTION}
-
-# Strict shape: one think block with content, one answer block, nothing but whitespace around them.
-_STRICT = re.compile(r"\A\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>[^<]*)</answer>\s*\Z", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
 def question(style: str = "cot") -> str:
@@ -87,10 +86,7 @@ def format_answer(label: str, think: str | None = None) -> str:
     """
     if label not in LABEL2ID:
         raise ValueError(f"unknown emotion {label!r}; valid: {list(EMOTIONS)}")
-    answer = f"{ANSWER_OPEN}{label}{ANSWER_CLOSE}"
-    if think is None:
-        return answer
-    return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE}{answer}"
+    return ANSWER_FORMAT.render(label, think)
 
 
 def normalize_label(text: str) -> str | None:
@@ -99,21 +95,11 @@ def normalize_label(text: str) -> str | None:
     >>> normalize_label("  Sadness\\n"), normalize_label("sad"), normalize_label("anger.")
     ('sadness', None, None)
     """
-    candidate = text.strip().lower()
-    return candidate if candidate in LABEL2ID else None
-
-
-@dataclass(frozen=True)
-class ParsedAnswer:
-    """What a completion says: the label (None when unparsable) and whether the strict format holds."""
-
-    label: str | None
-    well_formed: bool
-    think: str | None = None
+    return ANSWER_FORMAT.normalize_label(text)
 
 
 def parse_answer(text: str, allow_bare_label: bool = False) -> ParsedAnswer:
-    """Parse a completion.
+    """Parse a completion (``ANSWER_FORMAT``; the rule is ``svlm_runtime.answer_format``'s).
 
     The label comes from the last ``<answer>…</answer>`` block; ``well_formed`` is True only for the strict
     ``<think>…</think><answer>…</answer>`` shape with a valid label and non-empty reasoning.
@@ -124,15 +110,4 @@ def parse_answer(text: str, allow_bare_label: bool = False) -> ParsedAnswer:
     >>> parse_answer("<answer>joy</answer>").label is None
     True
     """
-    strict = _STRICT.match(text)
-    if strict:
-        label = normalize_label(strict.group("answer"))
-        think = strict.group("think").strip()
-        nested = any(tok in strict.group("think") for tok in FORMAT_TOKENS)
-        return ParsedAnswer(label, label is not None and bool(think) and not nested, think)
-    answers = _ANSWER.findall(text)
-    if answers:
-        return ParsedAnswer(normalize_label(answers[-1]), False)
-    if allow_bare_label:
-        return ParsedAnswer(normalize_label(text), False)
-    return ParsedAnswer(None, False)
+    return ANSWER_FORMAT.parse(text, allow_bare_label)

@@ -64,8 +64,6 @@ MUTATION_SCOPE = {
     "factory.prompts": ("test_prompts.py", "test_rewards.py", "test_compare.py", "test_runtime_unit.py"),
     "factory.train.stages": ("test_train.py", "test_configs_dir.py", "test_rewards.py"),
     "factory.train.rollout": ("test_rollout.py",),
-    "export.runtime": ("test_runtime_unit.py",),
-    "export.preprocess": ("test_preprocess.py", "test_runtime_unit.py"),
     "export.compare": ("test_compare.py",),
 }
 

@@ -1,13 +1,13 @@
-"""Answer probabilities with real tokenizers: what is scored (``export.answer``), and the ONNX runtime and the
-PyTorch path scoring it alike on a trained tiny model whose answers are peaked."""
+"""Answer probabilities with real tokenizers: what is scored (``svlm_runtime.label_scoring``), and the ONNX
+runtime and the PyTorch path scoring it alike on a trained tiny model whose answers are peaked."""
 
 from __future__ import annotations
 
 import pytest
 
-from export.answer import label_probabilities, plan_label_scoring
 from factory.families import FAMILIES
 from factory.prompts import EMOTIONS
+from svlm_runtime.label_scoring import label_probabilities, plan_label_scoring
 
 
 def _codec(tok):
@@ -67,7 +67,7 @@ def images(synth_root):
 
 
 def test_runtime_probabilities_sum_to_one_and_peak_at_the_greedy_label(exported, images):
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     out, _ = exported
     pkg = Package(out / "fp32")
@@ -83,7 +83,7 @@ def test_runtime_probabilities_sum_to_one_and_peak_at_the_greedy_label(exported,
 
 
 def test_an_answerless_completion_is_scored_forced(exported, images):
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     out, _ = exported
     gen = Package(out / "fp32").generate(images[0], max_new_tokens=2)  # "<", "answer": no label yet
@@ -95,7 +95,7 @@ def test_an_answerless_completion_is_scored_forced(exported, images):
 def test_pytorch_and_onnx_probabilities_agree(exported, torch_baseline, images, max_new_tokens):
     """The same generated ids scored by the ONNX runtime (KV cache, batched labels) and by PyTorch (one
     batched forward pass) give the same probabilities, for a valid answer and a forced one."""
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     out, _ = exported
     pkg = Package(out / "fp32")
@@ -131,7 +131,7 @@ def test_batched_pytorch_scoring_equals_one_label_at_a_time(family, tiny_dirs, s
     from PIL import Image
 
     from benchmarks.models import TorchModel, append_tokens
-    from export.answer import plan_label_scoring
+    from svlm_runtime.label_scoring import plan_label_scoring
 
     m = TorchModel(tiny_dirs(family))
     image = Image.open(next((synth_root / "image").rglob("*.jpg"))).convert("RGB")
@@ -178,7 +178,7 @@ def _script(pkg, ids):
 def test_smolvlm_onnx_and_pytorch_probabilities_agree(smolvlm_package, tiny_dirs, images, answer, limit, forced):
     """The runtime and the PyTorch path score the same SmolVLM completion alike, answered or forced."""
     from benchmarks.models import TorchModel
-    from export.runtime import Package
+    from svlm_runtime.package import Package
 
     pkg, m = Package(smolvlm_package), TorchModel(tiny_dirs("smolvlm"))
     ids = m.processor.tokenizer.encode(answer, add_special_tokens=False)

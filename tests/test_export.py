@@ -15,7 +15,7 @@ from factory import config as config_lib
 
 from export.build import ExportConfig, ExportError, export
 from export.compare import agreement_text
-from export.runtime import Package, PackageError
+from svlm_runtime.package import Package, PackageError
 
 
 def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
@@ -53,10 +53,13 @@ def test_packages_validate_and_describe_themselves(exported):
                     "source", "prompt"):
             assert key in m, f"{quant}: manifest lacks {key}"
         assert json.loads((pkg / "manifest.json").read_text()) == m
-        assert (pkg / "README.md").read_text().startswith("# SVLM Factory export")
+        card = (pkg / "README.md").read_text()
+        assert card.startswith("# SVLM Factory export")
+        assert m["answer"] == {"think": ["<think>", "</think>"], "answer": ["<answer>", "</answer>"],
+                               "rule": "last-answer-block"}
         v = m["validation"]
         assert v["labels_valid_torch"] == sum(t is not None for t, _ in v["labels_torch_onnx"])
-        assert f"| label agreement with PyTorch | {agreement_text(v)} |" in (pkg / "README.md").read_text()
+        assert f"| label agreement with PyTorch | {agreement_text(v)} |" in card
         assert m["source"]["stage"] == "0_baseline" and m["prompt"]["question"].endswith("inside <answer></answer>.")
         # the real tokenizer's ids: InternVL's <IMG_CONTEXT> and <|im_end|>
         assert m["tokens"]["image_token_id"] == 151667 and 151645 in m["tokens"]["eos_token_ids"]
@@ -146,11 +149,12 @@ def test_runtime_streams_greedy_and_sampled_answers(exported, synth_root):
 
 
 def test_runtime_imports_neither_torch_nor_transformers(exported, synth_root):
+    """On a real exported package (the toy package's version: tests/test_runtime_cli.py)."""
     out, _ = exported
     image = next((synth_root / "image").rglob("*.jpg"))
-    code = (f"import sys; from export.runtime import Package; r = Package({str(out / 'int4')!r}).generate("
+    code = (f"import sys; from svlm_runtime import Package; r = Package({str(out / 'int4')!r}).generate("
             f"{str(image)!r}, max_new_tokens=6); print(r.text); "
-            "bad = [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'transformers', 'trl', 'peft', 'factory', 'export') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -161,7 +165,7 @@ def test_numpy_preprocessing_matches_the_hf_processor(exported, synth_root, tiny
     from transformers import AutoProcessor
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    from export.preprocess import preprocess
+    from svlm_runtime.preprocess import preprocess
 
     out, manifests = exported
     spec = manifests["fp32"]["image"]
@@ -237,7 +241,7 @@ def test_smolvlm_exports_validates_and_runs(tiny_dirs, tmp_path, synth_root):
     from PIL import Image
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    from export.preprocess import preprocess
+    from svlm_runtime.preprocess import preprocess
 
     manifests = export(ExportConfig(model=str(tiny_dirs("smolvlm")), out=str(tmp_path / "s"), quant=["fp32"],
                                     validate_images=2, max_new_tokens=8))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.preprocess import MAX_PIXELS, _longest_edge_size, load_image, preprocess
+from svlm_runtime.preprocess import MAX_PIXELS, _longest_edge_size, load_image, preprocess
 from factory import assets
 from factory.families import get_family
 

@@ -108,3 +108,28 @@ def test_parse_answer_returns_the_reasoning_and_a_bare_label_is_never_well_forme
     assert parse_answer("<answer>awe</answer>").think is None
     bare = parse_answer("awe", allow_bare_label=True)
     assert bare.label == "awe" and bare.well_formed is False
+
+
+def test_training_and_packages_share_one_answer_format():
+    """The parser training uses is the runtime's, with EmoSet's labels; what the export writes into a manifest
+    reads back as the same format, so a package judges answers as training did."""
+    from factory.prompts import ANSWER_FORMAT
+    from svlm_runtime.answer_format import AnswerFormat
+
+    assert ANSWER_FORMAT.labels == EMOTIONS
+    manifest = {"labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest()}
+    assert AnswerFormat.from_manifest(manifest) == ANSWER_FORMAT
+    assert AnswerFormat.from_manifest({"labels": list(EMOTIONS)}) == ANSWER_FORMAT  # older packages
+    text = "<think>x</think><answer> Awe</answer>"
+    assert AnswerFormat.from_manifest(manifest).parse(text) == parse_answer(text)
+
+
+def test_other_tags_parse_by_the_same_rule():
+    from svlm_runtime.answer_format import AnswerFormat
+
+    fmt = AnswerFormat(labels=("awe", "fear"), think=("[r]", "[/r]"), answer=("[a]", "[/a]"))
+    assert fmt.parse("[r]vast[/r][a]AWE[/a]") == parse_answer("<think>vast</think><answer>awe</answer>")
+    assert fmt.parse("[r]vast [a]x[/a][/r][a]fear[/a]").well_formed is False  # a tag inside the reasoning
+    assert fmt.parse("[r]vast[/r][a][b]fear[/a]").label is None  # the answer holds a tag character
+    assert fmt.parse("<think>vast</think><answer>awe</answer>").label is None
+    assert fmt.render("fear", "dark") == "[r]dark[/r][a]fear[/a]"

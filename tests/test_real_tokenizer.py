@@ -233,7 +233,7 @@ def test_runtime_streams_characters_split_across_tokens(family, tiny_processors,
     family's real tokenizer; the decoder's choices are replaced by the scripted tokens.)"""
     import numpy as np
 
-    from export.runtime import Package
+    from svlm_runtime.package import Package
     from toy_package import build_toy_package
 
     tok = tiny_processors(family).tokenizer.backend_tokenizer

@@ -14,7 +14,7 @@ REGISTRY = ROOT / "factory" / "families.py"
 
 
 def _sources() -> list[Path]:
-    files = [p for d in ("factory", "export", "demo", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    files = [p for d in ("factory", "export", "runtime", "demo", "benchmarks") for p in (ROOT / d).rglob("*.py")]
     return [p for p in files if p != REGISTRY]
 
 

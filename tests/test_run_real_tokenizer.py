@@ -30,7 +30,7 @@ def test_svlm_run_finishes_with_the_real_tokenizer(tmp_path, capsys):
     from PIL import Image
     from transformers import AutoTokenizer
 
-    from export.runtime import Package
+    from svlm_runtime.package import Package
     from factory.cli import main
     from factory.families import get_family
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.runtime import Generation, Package, PackageError, read_manifest
 from factory.prompts import EMOTIONS
+from svlm_runtime.package import Generation, Package, PackageError, read_manifest
 
 from toy_package import EOS, IMAGE_SLOTS, SCRIPT, build_toy_package
 
@@ -350,7 +350,12 @@ def _outside_graph(pkg):
     (lambda p: (p / "embed.onnx").write_bytes((p / "embed.onnx").read_bytes()[:-1]),
      r"embed.onnx has \d+ bytes, the manifest says \d+ \(truncated or replaced\)"),
     (lambda p: _same_size_other_bytes(p / "tokenizer.json"),
-     r"tokenizer.json does not match its sha256 in the manifest \(damaged or altered\)"),
+     r"tokenizer.json does not match its sha256 in the manifest \(damaged or altered\)"),    (lambda p: _edit(p, answer={"think": ["<think>", "</think>"], "answer": ["<answer>", "</answer>"],
+                                "rule": "json-object"}), "answer rule 'json-object' is unknown to this runtime"),
+    (lambda p: _edit(p, answer={"think": ["<think>"], "answer": ["<answer>", "</answer>"]}),
+     "think and answer must each be two non-empty tags"),
+    (lambda p: _edit(p, answer=["<answer>"]), "answer must be an object"),
+    (lambda p: _edit(p, labels=["awe", "Awe"]), "labels must be distinct non-empty strings"),
 ])
 def test_damaged_packages_are_refused_clearly(tmp_path, toy_dir, damage, message):
     pkg = tmp_path / "pkg"
@@ -358,6 +363,29 @@ def test_damaged_packages_are_refused_clearly(tmp_path, toy_dir, damage, message
     damage(pkg)
     with pytest.raises(PackageError, match=message):
         Package(pkg)
+
+
+# --- the answer format travels in the manifest ---------------------------------------------------------------
+BRACKETS = {"think": ["[r]", "[/r]"], "answer": ["[a]", "[/a]"], "rule": "last-answer-block"}
+
+
+def test_answers_are_parsed_and_scored_with_the_manifests_tags(tmp_path):
+    script = "[r]grey sky[/r][a]awe[/a]"
+    own = Package(build_toy_package(tmp_path / "own", script=script, answer=BRACKETS)).generate(_image())
+    assert own.text == script and own.label == "awe" and own.well_formed and not own.label_probs_forced
+    assert max(own.label_probs, key=own.label_probs.get) == "awe"
+    # the same text under the default tags holds no answer: the tags are the manifest's, not built in
+    default = Package(build_toy_package(tmp_path / "default", script=script)).generate(_image())
+    assert default.label is None and default.label_probs_forced
+
+
+def test_a_package_without_an_answer_section_uses_the_default_format(tmp_path, toy_dir, toy):
+    pkg = tmp_path / "pkg"
+    shutil.copytree(toy_dir, pkg)
+    _edit_files(pkg, lambda m: m.pop("answer"))
+    old, new = Package(pkg).generate(_image()), toy.generate(_image())
+    assert (old.label, old.well_formed, old.label_probs) == (new.label, new.well_formed, new.label_probs) == \
+        ("awe", True, new.label_probs)
 
 
 def test_hashing_can_be_skipped_and_then_the_graph_loader_refuses_a_damaged_graph(tmp_path, toy_dir):

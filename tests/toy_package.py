@@ -7,8 +7,9 @@ logits. On top of the attention output it adds a per-position table that makes t
 ``SCRIPT`` and then the end token; the attention part stays small enough not to change the argmax but moves
 every probability. The vision graph maps each image's mean colour to the image-slot features.
 
-Built in well under a second; ``tests/test_runtime_unit.py`` uses it, and the mutation run
-(``benchmarks/mutation.sh``) relies on it to test ``export/runtime.py`` without training a model.
+Built in well under a second; ``tests/test_runtime_unit.py`` and ``tests/test_runtime_cli.py`` use it, and
+the hand mutations (``benchmarks/hand_mutations.py``) rely on it to test ``svlm_runtime`` without training a
+model.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.runtime import FORMAT_VERSION, sha256
 from factory.prompts import EMOTIONS
+from svlm_runtime.answer_format import AnswerFormat
+from svlm_runtime.package import FORMAT_VERSION, sha256
 
 SCRIPT = "<think>grey sky</think><answer>awe</answer>"
 EOS, IMG = "<eos>", "<img>"
@@ -137,9 +139,10 @@ def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: 
 
 
 def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, script: str = SCRIPT,
-                      logits_to_keep: bool = True) -> Path:
-    """Write a toy package to ``out`` (a folder that ``export.runtime.Package`` loads); returns ``out``.
-    ``logits_to_keep=False`` builds the older decoder that returns logits at every position."""
+                      logits_to_keep: bool = True, answer: dict | None = None) -> Path:
+    """Write a toy package to ``out`` (a folder that ``svlm_runtime.Package`` loads); returns ``out``.
+    ``logits_to_keep=False`` builds the older decoder that returns logits at every position; ``answer`` is the
+    manifest's answer section (default: the default tags and rule, as the export writes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer()
@@ -161,6 +164,7 @@ def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, scr
         "tokens": {"image_token_id": img, "eos_token_ids": [eos], "pad_token_id": 0},
         "prompt": {"question": PROMPT, "input_ids": prompt},
         "labels": list(EMOTIONS),
+        "answer": answer if answer is not None else AnswerFormat().to_manifest(),
         "quantization": {"name": "fp32", "method": "none"},
         "source": {"stage": "toy_stage", "question_style": style},
         "files": files,

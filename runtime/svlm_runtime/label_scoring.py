@@ -1,8 +1,9 @@
 """Answer probabilities for any tokenizer: what to score, and how the scores become probabilities.
 
-Pure Python (no numpy, torch or transformers; the answer tags come from ``factory.prompts``), so the ONNX runtime and the PyTorch path share it; each
-scores the returned token sequences with its own forward pass (``export.runtime`` with its KV cache,
-``benchmarks.models.TorchModel`` with a batched forward).
+Pure Python (no numpy, torch or transformers), so the ONNX runtime and the PyTorch path share it; each
+scores the returned token sequences with its own forward pass (``svlm_runtime.package`` with its KV cache,
+``benchmarks.models.TorchModel`` with a batched forward). The tags are the ``AnswerFormat``'s: a package's
+own, or the defaults.
 
 Why not "the label's first token after ``<answer>``": with a real BPE tokenizer ``<answer>`` is several
 tokens (Qwen2.5: ``<``, ``answer``, ``>``), and a label's tokens depend on the text before it
@@ -31,7 +32,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from factory.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE  # torch-free, like this module
+from svlm_runtime.answer_format import DEFAULT, AnswerFormat
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,16 @@ class LabelScoring:
     forced: bool  # the model gave no valid answer: scored after its reasoning + "</think><answer>"
 
 
-def _answer_prefix(text: str, labels: Sequence[str], style: str) -> tuple[str, bool]:
+def _answer_prefix(text: str, labels: Sequence[str], style: str, fmt: AnswerFormat) -> tuple[str, bool]:
     """The text the label follows, and whether it was forced (no valid answer in ``text``)."""
-    blocks = list(re.finditer(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), text, re.S))
+    (_, think_close), (answer_open, answer_close) = fmt.think, fmt.answer
+    blocks = list(re.finditer(re.escape(answer_open) + r"(.*?)" + re.escape(answer_close), text, re.S))
     valid = {lab.lower() for lab in labels}
     if blocks and blocks[-1].group(1).strip().lower() in valid:
         return text[:blocks[-1].start(1)], False
-    cuts = [i for i in (text.find(THINK_CLOSE), text.find(ANSWER_OPEN)) if i >= 0]
+    cuts = [i for i in (text.find(think_close), text.find(answer_open)) if i >= 0]
     reasoning = text[:min(cuts)] if cuts else text
-    return reasoning + (ANSWER_OPEN if style == "label" else THINK_CLOSE + ANSWER_OPEN), True
+    return reasoning + (answer_open if style == "label" else think_close + answer_open), True
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -66,7 +68,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def plan_label_scoring(generated: Sequence[int], encode: Callable[[str], list[int]],
                        decode: Callable[[Sequence[int]], str], labels: Sequence[str],
-                       style: str = "cot") -> LabelScoring:
+                       style: str = "cot", answer_format: AnswerFormat = DEFAULT) -> LabelScoring:
     """What to score for each label after the model's generated ids (see the module docstring).
 
     Args:
@@ -75,6 +77,7 @@ def plan_label_scoring(generated: Sequence[int], encode: Callable[[str], list[in
         decode: ids -> text without special tokens (``tokenizer.decode(ids, skip_special_tokens=True)``).
         labels: the label set, in the order the probabilities are returned.
         style: "cot" (a forced answer follows "</think><answer>") or "label" (it follows "<answer>").
+        answer_format: whose tags to use (a package's own; its labels are not used, ``labels`` are).
 
     >>> enc = lambda text: [ord(c) for c in text]
     >>> dec = lambda ids: "".join(map(chr, ids))
@@ -86,8 +89,8 @@ def plan_label_scoring(generated: Sequence[int], encode: Callable[[str], list[in
     (8, '</think><answer>a', True)
     """
     generated = list(generated)
-    prefix, forced = _answer_prefix(decode(generated), labels, style)
-    full = {lab: encode(prefix + lab + ANSWER_CLOSE) for lab in labels}
+    prefix, forced = _answer_prefix(decode(generated), labels, style, answer_format)
+    full = {lab: encode(prefix + lab + answer_format.answer[1]) for lab in labels}
     kept = min(_common_prefix(generated, ids) for ids in full.values())
     tails = [ids[kept:] for ids in full.values()]
     shared = min(_common_prefix(tails[0], t) for t in tails)

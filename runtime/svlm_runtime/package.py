@@ -1,7 +1,7 @@
 """Run an exported package: image → ``<think>…</think><answer>…</answer>`` with numpy, onnxruntime,
 tokenizers and Pillow only (no torch, no transformers; a test enforces it).
 
-    from export.runtime import Package
+    from svlm_runtime import Package
     pkg = Package("runs/default/export/int8")
     result = pkg.generate("photo.jpg", on_text=print)      # streams text deltas
     result.label, result.text, result.ttft_s, result.tokens_per_s
@@ -11,8 +11,9 @@ The prompt is the package's stored token ids (the question with the image placeh
 the family's processor at export), so the runtime needs no chat-template engine. Image features replace the
 embeddings of the image placeholder tokens, then one decoder graph runs prefill (past length 0) and each
 decode step with its KV cache. After generation every label is scored as a whole token sequence after the
-model's ``<answer>`` (``export.answer``): the cache is cut back to the shared context and the labels'
-continuations run as one batch.
+model's ``<answer>`` (``svlm_runtime.label_scoring``): the cache is cut back to the shared context and the
+labels' continuations run as one batch. The answer's tags, labels and parsing rule are the manifest's
+(``svlm_runtime.answer_format``; packages without an ``answer`` section use the default tags and rule).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.preprocess import preprocess
+from svlm_runtime.answer_format import AnswerFormat
+from svlm_runtime.preprocess import preprocess
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: every file listed with its sha256 (1: sizes only; still read)
@@ -122,6 +124,10 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
         if f.stat().st_size != info["bytes"]:
             raise PackageError(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']} "
                                "(truncated or replaced)")
+    try:
+        AnswerFormat.from_manifest(manifest)
+    except ValueError as exc:
+        raise PackageError(f"{mf}: {exc}") from None
     if verify and hashed:
         for name, info in files.items():
             if sha256(root / name) != info["sha256"]:
@@ -162,6 +168,7 @@ class Package:
         # packages exported before the decoder took logits_to_keep compute logits at every position
         self.keeps_logits = "logits_to_keep" in inputs
         self.labels = self.manifest["labels"]
+        self.answer_format = AnswerFormat.from_manifest(self.manifest)  # checked by read_manifest
         self.style = self.manifest["source"].get("question_style", "cot")  # the question it answers
 
     @property
@@ -203,8 +210,6 @@ class Package:
                  on_text: Callable[[str], None] | None = None, label_probs: bool = True) -> Generation:
         """Greedy (temperature 0) or sampled generation for one image; ``on_text`` receives text deltas.
         ``label_probs=False`` skips scoring the labels after generation (benchmarks, export validation)."""
-        from factory.prompts import parse_answer
-
         t0 = time.perf_counter()
         pv = pixel_values if pixel_values is not None else self.pixel_values(image)
         t_pre = time.perf_counter()
@@ -237,7 +242,7 @@ class Package:
         if on_text is not None and len(text) > sent:  # stopped inside a character: its U+FFFD is the text
             on_text(text[sent:])
         end = time.perf_counter()
-        parsed = parse_answer(text)
+        parsed = self.answer_format.parse(text)
         first_at = first_at or end
         probs, forced = self.score_labels(out_ids, past) if label_probs else ({}, False)  # past: prompt + out_ids
         return Generation(text=text, token_ids=out_ids, label=parsed.label, well_formed=parsed.well_formed,
@@ -264,11 +269,11 @@ class Package:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def score_labels(self, token_ids: list[int], past: list[np.ndarray]) -> tuple[dict[str, float], bool]:
-        """Per-label probabilities of the answer after the generated ``token_ids`` (``export.answer``), and
+        """Per-label probabilities of the answer after the generated ``token_ids`` (``label_scoring``), and
         whether they were forced. ``past`` is the KV cache of the prompt followed by every one of ``token_ids``."""
-        from export.answer import label_probabilities, plan_label_scoring
+        from svlm_runtime.label_scoring import label_probabilities, plan_label_scoring
 
-        plan = plan_label_scoring(token_ids, self.encode, self.decode, self.labels, self.style)
+        plan = plan_label_scoring(token_ids, self.encode, self.decode, self.labels, self.style, self.answer_format)
         context = [*self.prompt_ids.tolist(), *token_ids[:plan.kept], *plan.bridge]
         # Cache every context token but the last, which is fed again with each label so that its logits
         # score the label's first token.
