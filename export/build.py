@@ -297,12 +297,15 @@ def _model_card(m: dict) -> str:
 Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
 `<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
-Run with onnxruntime alone (no torch):
+Run it with onnxruntime alone (no torch). The runtime, `svlm-runtime`, is not on PyPI: install it from a
+checkout of the SVLM Factory repository, then point it at this folder:
 
-```python
-from svlm_runtime import Package
-print(Package("{m['quantization']['name']}").generate("image.jpg").text)
+```bash
+pip install ./runtime                                # numpy, onnxruntime, tokenizers, Pillow
+svlm-infer {m['quantization']['name']} image.jpg     # label, probabilities, reasoning, timings (--json, --stream)
 ```
+
+From Python: `from svlm_runtime import Package; Package("{m['quantization']['name']}").generate("image.jpg")`.
 
 | | |
 |---|---|

@@ -55,6 +55,8 @@ def test_packages_validate_and_describe_themselves(exported):
         assert json.loads((pkg / "manifest.json").read_text()) == m
         card = (pkg / "README.md").read_text()
         assert card.startswith("# SVLM Factory export")
+        # the card's two commands a device needs: install the runtime, run it on this package
+        assert "pip install ./runtime" in card and f"svlm-infer {quant} image.jpg" in card
         assert m["answer"] == {"think": ["<think>", "</think>"], "answer": ["<answer>", "</answer>"],
                                "rule": "last-answer-block"}
         v = m["validation"]

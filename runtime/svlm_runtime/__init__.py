@@ -5,7 +5,8 @@ tokenizers and Pillow only; installs alone (``pip install ./runtime``), no torch
     result = Package("runs/default/export/int8").generate("photo.jpg")
 
 Modules: ``package`` (load, check and run a package), ``preprocess`` (images), ``answer_format`` (the answer's
-tags and parsing rule, which training shares), ``label_scoring`` (per-label probabilities).
+tags and parsing rule, which training shares), ``label_scoring`` (per-label probabilities), ``cli``
+(``svlm-infer``).
 """
 
 from svlm_runtime.package import Generation, Package, PackageError, read_manifest
