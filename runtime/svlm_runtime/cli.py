@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Classify the emotion an image evokes with an exported SVLM package: prints "
         "the label, every label's probability, the model's reasoning, time to first token and tokens/s.",
         epilog="Exit status: 0 when every image ran, 2 when the package or an image could not be read.")
-    parser.add_argument("package", type=Path, help="the package folder (manifest.json, *.onnx, tokenizer.json)")
+    parser.add_argument("package", type=Path, metavar="PACKAGE",
+                        help="the package folder (manifest.json, *.onnx, tokenizer.json)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per image (one per line) instead of text")
