@@ -62,8 +62,9 @@ def measure_one(spec: str, images: list[str], runs: int, warmup: int, threads: i
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss does not (a child
-    started from a large parent reports the parent's peak), so it is only the fallback."""
+    """This process's peak resident memory in MiB (the key keeps its old name "mb"). Linux's VmHWM starts
+    afresh at exec; ru_maxrss does not (a child started from a large parent reports the parent's peak), so it
+    is only the fallback."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -108,7 +109,7 @@ def markdown(report: dict) -> str:
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     lines += ["| model | size MB | preprocess p50 | vision p50 | TTFT p50 / p95 | decode tok/s p50 | "
-              "end-to-end p50 / p95 | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+              "end-to-end p50 / p95 | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in report["models"]:
         lines.append(
             f"| {r['model']} | {r['size_mb']:.1f} | {r['preprocess_s']['p50'] * 1e3:.1f} ms | "
