@@ -40,17 +40,18 @@ def _pct(values: list[float]) -> dict:
 
 
 def measure_one(spec: str, images: list[str], runs: int, warmup: int, threads: int | None,
-                max_new_tokens: int) -> dict:
+                max_new_tokens: int, low_memory: bool = False) -> dict:
     """Time one model in this process."""
     from benchmarks.models import load
 
-    model = load(spec, threads=threads)
+    model = load(spec, threads=threads, low_memory=low_memory)
     for i in range(warmup):
         model.answer(images[i % len(images)], max_new_tokens)
     answers = [model.answer(images[i % len(images)], max_new_tokens) for i in range(runs)]
     return {
         "model": model.name, "path": spec, "kind": model.kind, "size_mb": round(model.size_bytes / 1e6, 3),
         "runs": runs, "warmup": warmup, "threads": threads, "max_new_tokens": max_new_tokens,
+        "low_memory": low_memory and model.kind == "onnx",
         "tokens_mean": sum(a.tokens for a in answers) / len(answers),
         "preprocess_s": _pct([a.preprocess_s for a in answers]),
         "vision_s": _pct([a.vision_s for a in answers]),
@@ -75,7 +76,8 @@ def peak_rss_mb() -> float:
 
 
 def run(models: list[str], images: list[str], out: str | Path = "bench", runs: int = 5, warmup: int = 2,
-        threads: int | None = None, max_new_tokens: int = 160, command: str | None = None) -> dict:
+        threads: int | None = None, max_new_tokens: int = 160, command: str | None = None,
+        low_memory: bool = False) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -84,7 +86,8 @@ def run(models: list[str], images: list[str], out: str | Path = "bench", runs: i
             row_path = Path(tmp) / "row.json"
             cmd = [sys.executable, "-m", "benchmarks.latency", "--one", str(spec), "--images", *map(str, images),
                    "--runs", str(runs), "--warmup", str(warmup), "--max-new-tokens", str(max_new_tokens),
-                   "--json", str(row_path)] + (["--threads", str(threads)] if threads else [])
+                   "--json", str(row_path)] + (["--threads", str(threads)] if threads else []) \
+                + (["--low-memory"] if low_memory else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 from factory.errors import SVLMError
@@ -112,7 +115,8 @@ def markdown(report: dict) -> str:
               "end-to-end p50 / p95 | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in report["models"]:
         lines.append(
-            f"| {r['model']} | {r['size_mb']:.1f} | {r['preprocess_s']['p50'] * 1e3:.1f} ms | "
+            f"| {r['model']}{' (low memory)' if r.get('low_memory') else ''} | {r['size_mb']:.1f} | "
+            f"{r['preprocess_s']['p50'] * 1e3:.1f} ms | "
             f"{r['vision_s']['p50'] * 1e3:.1f} ms | {r['ttft_s']['p50'] * 1e3:.0f} / {r['ttft_s']['p95'] * 1e3:.0f} ms | "
             f"{r['decode_tokens_per_s']['p50']:.0f} | {r['e2e_s']['p50']:.2f} / {r['e2e_s']['p95']:.2f} s | "
             f"{r['peak_rss_mb']:.0f} |")
@@ -156,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", required=True)
+    p.add_argument("--low-memory", action="store_true")
     a = p.parse_args(argv)
-    row = measure_one(a.one, a.images, a.runs, a.warmup, a.threads, a.max_new_tokens)
+    row = measure_one(a.one, a.images, a.runs, a.warmup, a.threads, a.max_new_tokens, a.low_memory)
     Path(a.json).write_text(json.dumps(row))
     return 0
 

@@ -60,11 +60,11 @@ def dir_bytes(path: Path) -> int:
 class OnnxModel:
     kind = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, low_memory: bool = False):
         from svlm_runtime.package import Package
 
         self.path = Path(path)
-        self.package = Package(path, threads=threads)
+        self.package = Package(path, threads=threads, low_memory=low_memory)
         m = self.package.manifest
         self.name = f"{m['source'].get('stage') or self.path.parent.name} onnx-{m['quantization']['name']}"
         self.style = m["source"].get("question_style", "cot")  # the question the package was exported with
@@ -185,11 +185,11 @@ class TorchModel:
         return Answer(text, int(new.numel()), t1 - t0, t2 - t1, (t1 - t0) + (first - t2), end - first)
 
 
-def load(spec: str | Path, threads: int | None = None):
-    """An OnnxModel or TorchModel for a path (see the module docstring)."""
+def load(spec: str | Path, threads: int | None = None, low_memory: bool = False):
+    """An OnnxModel or TorchModel for a path (see the module docstring); ``low_memory`` applies to packages."""
     path = Path(spec)
     if (path / "manifest.json").is_file():
-        return OnnxModel(path, threads)
+        return OnnxModel(path, threads, low_memory)
     if (path / "adapter" / "adapter_config.json").is_file() or (path / "config.json").is_file():
         return TorchModel(path, threads)
     raise SVLMError(f"{spec} is neither an ONNX package (manifest.json), a stage output (adapter/) nor a "

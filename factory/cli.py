@@ -173,7 +173,7 @@ def cmd_bench_latency(args) -> int:
 
     images = sample_images(args.data, args.split, args.images)
     report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
-                 command=_command())
+                 command=_command(), low_memory=args.low_memory)
     print(markdown(report))
     print(f"report: {Path(args.out) / 'latency.md'} (+ latency.json, latency_vs_accuracy.png)")
     return 0
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's choice)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=160)
+    p.add_argument("--low-memory", dest="low_memory", action="store_true",
+                   help="ONNX packages without onnxruntime's memory arena: lower peak RSS, slower first token")
     p.add_argument("--out", default="bench")
 
     p = add(sub, "demo", "Gradio app: streamed emotion reasoning for an image, any exported or trained variant",

@@ -451,6 +451,70 @@ def test_sessions_get_the_threads_the_providers_and_quiet_logging(toy_dir, monke
     assert all(o.intra_op_num_threads == 0 and o.log_severity_level == 3 for _, o, _ in seen)
 
 
+def test_low_memory_turns_off_the_arena_and_the_memory_plan_and_changes_no_token(toy_dir, toy, monkeypatch,
+                                                                                  tmp_path):
+    """``low_memory`` is onnxruntime's arena and memory pattern off in every session (the default keeps both)
+    and glibc's mmap threshold lowered, with the same generation; the latency benchmark passes it on and labels
+    its row. (The mallopt call is recorded, not made: it would change this whole test process's malloc.)"""
+    import onnxruntime as ort
+
+    import svlm_runtime.package as package
+    from benchmarks.latency import markdown, measure_one
+
+    lowered = []
+    monkeypatch.setattr(package, "_mmap_large_allocations", lambda: lowered.append(1) or True)
+    real, seen = ort.InferenceSession, []
+
+    def spy(path, sess_options=None, providers=None):
+        seen.append(sess_options)
+        return real(path, sess_options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    lean = Package(toy_dir, low_memory=True)
+    assert len(seen) == 3 and not any(o.enable_cpu_mem_arena or o.enable_mem_pattern for o in seen)
+    assert lowered == [1]
+    seen.clear()
+    Package(toy_dir)
+    assert len(seen) == 3 and all(o.enable_cpu_mem_arena and o.enable_mem_pattern for o in seen) and lowered == [1]
+    assert lean.generate(_image(), max_new_tokens=60).token_ids == toy.generate(_image(), max_new_tokens=60).token_ids
+    image = tmp_path / "x.png"
+    _image().save(image)
+    row = measure_one(str(toy_dir), [str(image)], runs=1, warmup=0, threads=1, max_new_tokens=4, low_memory=True)
+    assert row["low_memory"] is True and len(seen) == 3 + 3 and not seen[-1].enable_cpu_mem_arena
+    table = markdown({"machine": {"cpus": 2, "platform": "x"}, "models": [row]})
+    assert f"| {row['model']} (low memory) |" in table
+
+
+def test_large_allocations_are_mmapped_in_a_low_memory_process():
+    """In a fresh process (glibc): after the call, a freed 8 MB buffer leaves the resident set at once."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes
+from pathlib import Path
+from svlm_runtime.package import _mmap_large_allocations
+def rss():
+    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:")).split()[1])
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+def cycle(size):
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    before = rss()
+    libc.free(ctypes.c_void_p(p))
+    return before - rss()
+# an mmapped free raises glibc's dynamic thresholds: mmap 16 MiB, heap trim 32 MiB
+q = libc.malloc(16 << 20); libc.free(ctypes.c_void_p(q))
+heap = cycle(1 << 20)  # 1 MiB from the heap: freeing it keeps it in the process
+assert _mmap_large_allocations()
+print(heap, cycle(4 << 20))  # more than the heap has free: mmapped, so freeing it returns it
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    heap_kib, mapped_kib = map(int, out)
+    assert heap_kib < 256 and mapped_kib >= 4000, out  # kept by the heap before; returned (4096 KiB) after
+
+
 def test_no_budget_writes_nothing(toy):
     gen = toy.generate(_image(), max_new_tokens=0)
     assert (gen.text, gen.token_ids, gen.stopped, gen.label) == ("", [], "length", None)

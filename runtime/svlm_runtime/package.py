@@ -135,11 +135,29 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
     return manifest
 
 
+def _mmap_large_allocations(threshold: int = 64 * 1024) -> bool:
+    """Ask glibc to serve allocations of ``threshold`` bytes and more with mmap (``mallopt(M_MMAP_THRESHOLD)``),
+    so freed intermediates leave the process at once; False where there is no glibc (then nothing changes)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, threshold))
+
+
 class Package:
     """A loaded package: three onnxruntime sessions, the tokenizer and the manifest."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 verify: bool = True):
+                 verify: bool = True, low_memory: bool = False):
+        """``low_memory``: no onnxruntime memory arena and no memory-pattern plan, so each intermediate is
+        freed after use instead of held in peak-sized blocks, and (glibc, process-wide) allocations of 64 KiB
+        and more are mmapped, so what is freed goes back to the system instead of fragmenting the heap.
+        InternVL3-1B shape, int4, 2 threads, 10 generations: peak RSS 1443 -> 1156 MiB for about 1.1 s more
+        to the first token (arena off alone: 1516 MiB, the heap keeps what was freed)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -149,6 +167,11 @@ class Package:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        if low_memory:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
+            _mmap_large_allocations()
+        self.low_memory = low_memory
         providers = providers or ["CPUExecutionProvider"]
         g = self.manifest["graphs"]
         try:
