@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "mutmut>=3.8,<4"
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 SVLM_TEST_TINY_CACHE="$PWD/mutants/.tiny_cache"
-# svlm_runtime (runtime/) is not here: mutmut 3 imports mutants only from ./, src/ or source/
-ALL=(export.compare factory.rewards factory.prompts factory.train.stages factory.train.rollout)
+# svlm_runtime: through the root symlink to runtime/svlm_runtime (see [tool.mutmut] in pyproject.toml)
+ALL=(export.compare svlm_runtime.package svlm_runtime.preprocess factory.rewards factory.prompts
+     factory.train.stages factory.train.rollout)
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ALL[@]}")
 for m in "${modules[@]}"; do

@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.txt"
-MODULES = ["factory.rewards", "factory.prompts", "factory.train.stages", "factory.train.rollout", "export.compare"]
+MODULES = ["factory.rewards", "factory.prompts", "factory.train.stages", "factory.train.rollout", "svlm_runtime.package",
+           "svlm_runtime.preprocess", "export.compare"]
 
 
 def equivalents() -> dict[str, str]:

@@ -65,6 +65,8 @@ MUTATION_SCOPE = {
     "factory.train.stages": ("test_train.py", "test_configs_dir.py", "test_rewards.py"),
     "factory.train.rollout": ("test_rollout.py",),
     "export.compare": ("test_compare.py",),
+    "svlm_runtime.package": ("test_runtime_unit.py",),
+    "svlm_runtime.preprocess": ("test_preprocess.py",),
 }
 
 
