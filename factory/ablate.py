@@ -355,15 +355,15 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
         _log(f"{name} seed {seed}: held-out accuracy {last['accuracy']:.1%} ({time.time() - t0:.0f} s so far)")
 
     units = [(name, seed) for name in results for seed in results[name]]
-    pending = [u for u in units if plan.finished(*u) is None]
+    cached = {unit: plan.finished(*unit) for unit in units}  # each score file read once
+    pending = [unit for unit, rows in cached.items() if rows is None]
     n = workers(cfg.jobs, len(pending))
-    if n == 1:  # in this process, one after another
-        for name, seed in units:
+    for (name, seed), rows in cached.items():
+        if rows is not None:
+            done(name, seed, rows)
+        elif n == 1:  # in this process, one after another
             done(name, seed, _unit(plan, name, seed, progress))
-    else:
-        for name, seed in units:
-            if (name, seed) not in pending:
-                done(name, seed, plan.finished(name, seed))
+    if n > 1:
         _run_parallel(plan, pending, n, done)
     report = summarize(cfg, results, heldout, split)
     write(report, out)

@@ -108,11 +108,11 @@ def test_copy_of_an_nf4_policy_is_dense_and_matches(tiny_dirs):
     assert gap < 1e-3, f"logit gap {gap:.2e}"
 
 
-def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_root, cot_dir, small_tiny_dirs, monkeypatch):
-    from factory import config as config_lib
+def _spy_rollout_copies(monkeypatch):
+    """Record every RolloutCopy built (and its generate calls) and every refresh step; registers the "varied"
+    reward (the completion's distinct characters) so GRPO groups differ in reward. Returns the three lists."""
     from factory import rewards
     from factory.train import rollout
-    from factory.train.runner import TrainConfig, train
 
     monkeypatch.setitem(rewards.REWARDS, "varied",
                         lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
@@ -127,6 +127,14 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
     monkeypatch.setattr(rollout.RolloutCopy, "__init__", init)
     monkeypatch.setattr(rollout.RolloutCopy, "refresh",
                         lambda self, model, step=None: (refreshes.append(step), real_refresh(self, model, step))[1])
+    return refreshes, copies, generations
+
+
+def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_root, cot_dir, small_tiny_dirs, monkeypatch):
+    from factory import config as config_lib
+    from factory.train.runner import TrainConfig, train
+
+    refreshes, copies, generations = _spy_rollout_copies(monkeypatch)
     small = {"max_steps": 3, "save_steps": 10, "logging_steps": 1, "batch_size": 4}
     grpo = {**small, "num_generations": 2, "max_completion_length": 8, "rollout": "dense",
             "rewards": ["format", "varied"]}
@@ -254,25 +262,13 @@ def test_grpo_rollouts_with_a_static_cache_refresh_once_per_optimizer_step(tmp_p
     Two micro-batches per optimizer step (grad_accum 2) each generate (steps_per_generation 1): the second
     rollout of a step must not refresh the copy again, and every rollout runs on the copy."""
     from factory import config as config_lib
-    from factory import rewards
-    from factory.train import grpo, rollout
+    from factory.train import grpo
     from factory.train.runner import TrainConfig, train
     from trl import GRPOTrainer
 
     monkeypatch.setattr(grpo, "cuda", lambda: True)
-    monkeypatch.setitem(rewards.REWARDS, "varied",
-                        lambda completions, **kw: [len(set(rewards.completion_text(c))) / 10 for c in completions])
-    refreshes, copies, generations, trainers = [], [], [], []
-    real_refresh, real_init, real_build = rollout.RolloutCopy.refresh, rollout.RolloutCopy.__init__, grpo.build_grpo_trainer
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        copies.append(self)
-        generations.append(_spy_generate(self))
-
-    monkeypatch.setattr(rollout.RolloutCopy, "__init__", init)
-    monkeypatch.setattr(rollout.RolloutCopy, "refresh",
-                        lambda self, model, step=None: (refreshes.append(step), real_refresh(self, model, step))[1])
+    refreshes, copies, generations = _spy_rollout_copies(monkeypatch)
+    trainers, real_build = [], grpo.build_grpo_trainer
     monkeypatch.setattr(grpo, "build_grpo_trainer", lambda ctx: trainers.append(real_build(ctx)) or trainers[-1])
     trl_calls, trl_generate = [], GRPOTrainer._generate_single_turn
     monkeypatch.setattr(GRPOTrainer, "_generate_single_turn",

@@ -171,7 +171,6 @@ class Package:
             opts.enable_cpu_mem_arena = False
             opts.enable_mem_pattern = False
             _mmap_large_allocations()
-        self.low_memory = low_memory
         providers = providers or ["CPUExecutionProvider"]
         g = self.manifest["graphs"]
         try:
