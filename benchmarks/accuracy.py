@@ -39,26 +39,27 @@ def metrics(y_true: list[str], y_pred: list[str | None], well_formed: list[bool]
 
 
 def predict(model, records, max_new_tokens: int, batch_size: int, progress: bool) -> list[str]:
-    """Completions for every record: batched ``generate`` for PyTorch, the runtime for ONNX."""
-    if model.kind == "pytorch":
-        from factory.evaluate import generate_answers
+    """Greedy completions for every record, ``batch_size`` images decoded together (PyTorch stage or ONNX
+    package alike: ``factory.inference``)."""
+    images = [r.image_path for r in records]
+    if not progress:
+        return [g.text for g in model.generate_batch(images, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                     label_probs=False)]
+    from tqdm import tqdm
 
-        return generate_answers(model.model, model.processor, [r.image_path for r in records], model.style,
-                                max_new_tokens, batch_size, progress)
-    items = records
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(records, desc=model.name, unit="img")
-    return [model.answer(r.image_path, max_new_tokens).text for r in items]
+    with tqdm(total=len(images), desc=model.name, unit="img") as bar:
+        return [g.text for g in model.generate_batch(images, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                     label_probs=False, on_batch=bar.update)]
 
 
 def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: str | Path = "bench",
         max_new_tokens: int = 160, batch_size: int = 16, progress: bool = True, command: str | None = None,
-        compare_to: list[str] | None = None, plots: bool = True) -> dict:
+        compare_to: list[str] | None = None, plots: bool = True, workers: int = 0) -> dict:
     """Score every model on the split; ``compare_to``: model paths (from ``models``) the others are tested
-    against; ``plots=False`` writes only the JSON and markdown."""
-    from benchmarks.models import load
+    against; ``plots=False`` writes only the JSON and markdown; ``workers``: batches an ONNX package runs at
+    once, each on its share of the cores (0: one per core; PyTorch spreads each operation over the cores
+    itself)."""
+    from factory.inference import open_model
     from factory.data.emoset import read_split
     from factory.prompts import parse_answer
 
@@ -67,7 +68,7 @@ def run(models: list[str], data: str, split: str = "test", limit: int = 0, out: 
         records = records[:limit]
     results = []
     for spec in models:
-        model = load(spec)
+        model = open_model(spec, workers=workers)
         texts = predict(model, records, max_new_tokens, batch_size, progress)
         parsed = [parse_answer(t, allow_bare_label=model.style == "label") for t in texts]
         well = [p.well_formed if model.style == "cot" else p.label is not None for p in parsed]

@@ -42,12 +42,13 @@ def _pct(values: list[float]) -> dict:
 def measure_one(spec: str, images: list[str], runs: int, warmup: int, threads: int | None,
                 max_new_tokens: int, low_memory: bool = False) -> dict:
     """Time one model in this process."""
-    from benchmarks.models import load
+    from factory.inference import open_model
 
-    model = load(spec, threads=threads, low_memory=low_memory)
+    model = open_model(spec, threads=threads, low_memory=low_memory)
     for i in range(warmup):
-        model.answer(images[i % len(images)], max_new_tokens)
-    answers = [model.answer(images[i % len(images)], max_new_tokens) for i in range(runs)]
+        model.generate(images[i % len(images)], max_new_tokens=max_new_tokens, label_probs=False)
+    answers = [model.generate(images[i % len(images)], max_new_tokens=max_new_tokens, label_probs=False)
+               for i in range(runs)]
     return {
         "model": model.name, "path": spec, "kind": model.kind, "size_mb": round(model.size_bytes / 1e6, 3),
         "runs": runs, "warmup": warmup, "threads": threads, "max_new_tokens": max_new_tokens,
@@ -57,7 +58,7 @@ def measure_one(spec: str, images: list[str], runs: int, warmup: int, threads: i
         "vision_s": _pct([a.vision_s for a in answers]),
         "ttft_s": _pct([a.ttft_s for a in answers]),
         "decode_tokens_per_s": _pct([a.tokens_per_s for a in answers]),
-        "e2e_s": _pct([a.e2e_s for a in answers]),
+        "e2e_s": _pct([a.ttft_s + a.decode_s for a in answers]),
         "peak_rss_mb": peak_rss_mb(),
     }
 

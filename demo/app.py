@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 
 from factory.prompts import EMOTIONS
@@ -67,23 +66,14 @@ class Models:
 
 
 def _load(path: str):
-    if (Path(path) / "manifest.json").is_file():
-        from svlm_runtime.package import Package
+    from factory.inference import open_model  # torch only when a PyTorch variant is chosen
 
-        return Package(path)
-    from benchmarks.models import TorchModel  # torch only for PyTorch variants
-
-    return TorchModel(Path(path))
-
-
-def _size_mb(model) -> float:
-    if hasattr(model, "manifest"):
-        return model.manifest["size_bytes"] / 1e6
-    return model.size_bytes / 1e6
+    return open_model(path)
 
 
 def stream(model, image_path: str, max_new_tokens: int = 160):
-    """Yield ("text", partial text) while generating, then ("done", result dict)."""
+    """Yield ("text", partial text) while generating, then ("done", result dict); ``model`` is a package or a
+    PyTorch stage (``factory.inference``)."""
     from svlm_runtime.preprocess import load_image
 
     image = load_image(image_path)  # raises ValueError with a readable message for bad input
@@ -92,13 +82,10 @@ def stream(model, image_path: str, max_new_tokens: int = 160):
 
     def work():
         try:
-            if hasattr(model, "manifest"):
-                g = model.generate(image, max_new_tokens=max_new_tokens, on_text=chunks.put)
-                box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs,
-                                 "forced": g.label_probs_forced, "ttft_s": g.ttft_s,
-                                 "tokens_per_s": g.tokens_per_s, "tokens": len(g.token_ids)}
-            else:
-                box["result"] = _torch_generate(model, image, max_new_tokens, chunks.put)
+            g = model.generate(image, max_new_tokens=max_new_tokens, on_text=chunks.put)
+            box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs,
+                             "forced": g.label_probs_forced, "ttft_s": g.ttft_s,
+                             "tokens_per_s": g.tokens_per_s, "tokens": g.tokens}
         except Exception as exc:  # surfaced to the user below
             box["error"] = exc
         finally:
@@ -112,41 +99,6 @@ def stream(model, image_path: str, max_new_tokens: int = 160):
     if "error" in box:
         raise box["error"]
     yield "done", box["result"]
-
-
-def _torch_generate(model, image, max_new_tokens: int, on_text) -> dict:
-    """Greedy generation of a PyTorch variant with a text streamer, then the per-label answer probabilities."""
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from factory.prompts import parse_answer
-
-    tok = model.processor.tokenizer
-    inputs = model.processor(images=[[image]], text=[model.prompt], return_tensors="pt")
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    out: dict = {}
-    t0 = time.perf_counter()
-
-    def run():
-        with torch.no_grad():
-            out["gen"] = model.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                              streamer=streamer)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    first, text = None, ""
-    for piece in streamer:
-        first = first or time.perf_counter()
-        text += piece
-        on_text(piece)
-    worker.join()
-    end = time.perf_counter()
-    new = model.completion_ids(out["gen"][0], inputs["input_ids"].shape[1])
-    probs, forced = model.label_probs(image, new)
-    first = first or end
-    return {"text": text, "label": parse_answer(text).label, "probs": probs, "forced": forced,
-            "ttft_s": first - t0, "tokens_per_s": (len(new) - 1) / (end - first) if end > first else 0.0,
-            "tokens": len(new)}
 
 
 def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir: str | Path | None = None):
@@ -187,7 +139,7 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
                         label += " (probabilities forced after the reasoning)"
                     stats = (f"**{label}** · time to first token {value['ttft_s'] * 1e3:.0f} ms · "
                              f"{value['tokens_per_s']:.0f} tokens/s · {value['tokens']} tokens · "
-                             f"model {_size_mb(mdl):.1f} MB")
+                             f"model {mdl.size_bytes / 1e6:.1f} MB")
                     yield value["text"], (probs or label), stats
         except ValueError as exc:
             raise gr.Error(str(exc)) from None

@@ -15,6 +15,10 @@ package per quantization, ``<out>/<quant>/`` with ``vision.onnx``, ``embed.onnx`
   (4-bit weight-only, block size configurable) on the decoder, vision at int8. Embeddings stay fp32 in
   int8 (a Gather, cheap) and are int8 in int4. Quantized packages are not held to the fp32 tolerance;
   their logit gap and label agreement with PyTorch are measured and written into the manifest.
+* ``quantization.batch_invariant`` says whether an image's answer is independent of the images decoded beside
+  it. Not so for int8: ``quantize_dynamic`` quantizes each activation tensor with one scale, a batch's (10
+  of 48 answers of the default model changed between batch 16 and batch 1), so the runtime decodes int8
+  packages one image at a time. int4's ``MatMulNBits`` scales each row on its own.
 """
 
 from __future__ import annotations
@@ -273,7 +277,8 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
         "chat_template": processor.chat_template,
         "labels": list(EMOTIONS),
         "answer": ANSWER_FORMAT.to_manifest(),  # the tags and parsing rule the runtime judges answers by
-        "quantization": {"name": quant, **({"method": "MatMulNBits", "bits": 4, **int4,
+        "quantization": {"name": quant, "batch_invariant": quant != "int8",
+                         **({"method": "MatMulNBits", "bits": 4, **int4,
                                            "vision": "int8 dynamic", "embed": "int8"} if quant == "int4" else
                                           {"method": "quantize_dynamic QInt8", "embed": "fp32"} if quant == "int8"
                                           else {"method": "none"})},

@@ -19,6 +19,19 @@ from factory.errors import SVLMError
 EPILOG_OVERRIDES = "Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400)."
 
 
+def _at_least(low: int):
+    """An argparse type: an integer ≥ ``low`` (argparse reports a bad one as a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"  # argparse names the type in its "invalid … value" message
+    return parse
+
+
 def _overrides(args, mapping: dict[str, str]) -> list[str]:
     """Turn set flags into ``key=value`` overrides, flags first so explicit overrides win."""
     items = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in mapping.items()
@@ -155,7 +168,7 @@ def cmd_bench_accuracy(args) -> int:
     from benchmarks.accuracy import markdown, run
 
     report = run(args.models, args.data, args.split, args.limit, args.out, args.max_new_tokens, args.batch_size,
-                 progress=not args.quiet, command=_command())
+                 progress=not args.quiet, command=_command(), workers=args.workers)
     print(markdown(report))
     print(f"report: {Path(args.out) / 'accuracy.md'} (+ accuracy.json, confusion_*.png, per_class_recall.png)")
     return 0
@@ -300,7 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--out", default="bench", help="report folder (default bench/)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=160)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="PyTorch generate batch")
+    p.add_argument("--batch-size", dest="batch_size", type=_at_least(1), default=16,
+                   help="images decoded together (default 16)")
+    p.add_argument("--workers", type=_at_least(0), default=0,
+                   help="batches an ONNX package runs at once, each on its share of the cores (default 0: one "
+                   "per core)")
     p = add(bench, "latency", "p50/p95 preprocessing, vision, time to first token, decode tokens/s, end-to-end; "
             "peak RSS and size, one process per model", cmd_bench_latency)
     p.add_argument("--models", nargs="+", required=True)

@@ -143,7 +143,7 @@ def train_label_adapter(base: str, data_root, out, steps: int = 160, seed: int =
     from PIL import Image
     from peft import LoraConfig, get_peft_model
 
-    from benchmarks.models import append_tokens
+    from factory.inference import append_tokens
     from factory.cot.datasets import label_rows
     from factory.data.emoset import read_split
     from factory.models import load_model

@@ -50,7 +50,7 @@ def test_probabilities_are_a_softmax_over_the_labels():
 # --- the runtime and the PyTorch path on the trained baseline -------------------------------------------
 @pytest.fixture(scope="module")
 def torch_baseline(baseline_run):
-    from benchmarks.models import TorchModel
+    from factory.inference import TorchModel
 
     return TorchModel(baseline_run / "0_baseline")
 
@@ -80,6 +80,34 @@ def test_runtime_probabilities_sum_to_one_and_peak_at_the_greedy_label(exported,
             assert not gen.label_probs_forced
             assert max(gen.label_probs, key=gen.label_probs.get) == gen.label, gen.label_probs
     assert valid >= 5  # the trained baseline answers with labels
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int8", "int4"])
+def test_every_package_answers_the_same_in_a_batch_as_alone(exported, images, quant):
+    """Batched decoding (what ``svlm bench accuracy`` runs) must not change any image's answer: rows that stop
+    early leave the batch, the others go on; int8 (one activation scale per tensor: per batch) is decoded
+    one image at a time, on two workers."""
+    from svlm_runtime.package import Package
+
+    out, manifests = exported
+    pkg = Package(out / quant, workers=2)
+    assert pkg.batch_invariant is manifests[quant]["quantization"]["batch_invariant"] is (quant != "int8")
+    alone = [pkg.generate(image, max_new_tokens=12) for image in images]
+    together = pkg.generate_batch(images, max_new_tokens=12, batch_size=4)
+    assert len({len(g.token_ids) for g in alone}) > 1  # answers of different lengths: rows stop apart
+    for a, b in zip(alone, together, strict=True):
+        assert (b.token_ids, b.stopped, b.label) == (a.token_ids, a.stopped, a.label)
+        assert max(abs(a.label_probs[k] - b.label_probs[k]) for k in EMOTIONS) < 1e-4
+
+
+def test_a_pytorch_stage_answers_the_same_in_a_batch_as_alone(torch_baseline, images):
+    alone = [torch_baseline.generate(image, max_new_tokens=12, label_probs=False) for image in images]
+    done: list[int] = []
+    together = torch_baseline.generate_batch(images, max_new_tokens=12, batch_size=4, label_probs=False,
+                                             on_batch=done.append)
+    assert done == [4, 2] and len({len(g.token_ids) for g in alone}) > 1
+    assert [(g.token_ids, g.stopped, g.label) for g in together] == [(g.token_ids, g.stopped, g.label) for g in alone]
+    assert all(g.ttft_s > 0 and g.decode_s > 0 and g.tokens == len(g.token_ids) + 1 for g in alone)
 
 
 def test_an_answerless_completion_is_scored_forced(exported, images):
@@ -130,7 +158,7 @@ def test_batched_pytorch_scoring_equals_one_label_at_a_time(family, tiny_dirs, s
     import torch
     from PIL import Image
 
-    from benchmarks.models import TorchModel, append_tokens
+    from factory.inference import TorchModel, append_tokens
     from svlm_runtime.label_scoring import plan_label_scoring
 
     m = TorchModel(tiny_dirs(family))
@@ -177,7 +205,7 @@ def _script(pkg, ids):
 ])
 def test_smolvlm_onnx_and_pytorch_probabilities_agree(smolvlm_package, tiny_dirs, images, answer, limit, forced):
     """The runtime and the PyTorch path score the same SmolVLM completion alike, answered or forced."""
-    from benchmarks.models import TorchModel
+    from factory.inference import TorchModel
     from svlm_runtime.package import Package
 
     pkg, m = Package(smolvlm_package), TorchModel(tiny_dirs("smolvlm"))

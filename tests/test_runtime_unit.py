@@ -172,6 +172,89 @@ def test_pixel_values_can_be_passed_directly(toy):
     assert toy.generate(pixel_values=pv, max_new_tokens=5).token_ids == toy.generate(image, max_new_tokens=5).token_ids
 
 
+# --- batched generation ------------------------------------------------------------------------------------
+def _decoder_batches(pkg: Package) -> list[int]:
+    """Spy on the decoder: the batch size of every run."""
+    seen, run = [], pkg._decode
+
+    def spy(embeds, *args, **kwargs):
+        seen.append(embeds.shape[0])
+        return run(embeds, *args, **kwargs)
+
+    pkg._decode = spy
+    return seen
+
+
+@pytest.mark.parametrize("max_new_tokens", [100, 9])  # every answer complete / every answer cut
+def test_a_batch_gives_each_image_its_own_answer_and_probabilities(toy_dir, max_new_tokens):
+    pkg = Package(toy_dir)
+    images = [_image(v) for v in (0, 60, 120, 180, 250)]
+    alone = [pkg.generate(im, max_new_tokens=max_new_tokens) for im in images]
+    batches = _decoder_batches(pkg)
+    done: list[int] = []
+    together = pkg.generate_batch(images, max_new_tokens=max_new_tokens, batch_size=2, on_batch=done.append)
+    assert done == [2, 2, 1] and max(batches) == 8  # label scoring: one row per label
+    assert 2 in batches[:3]  # the prefill of the first batch
+    for a, b in zip(alone, together, strict=True):
+        assert (b.token_ids, b.text, b.stopped, b.label) == (a.token_ids, a.text, a.stopped, a.label)
+        assert b.label_probs_forced == a.label_probs_forced
+        # log-probabilities: the scripted answer holds nearly all the mass, the rest is ~1e-68
+        assert max(abs(math.log(a.label_probs[k]) - math.log(b.label_probs[k])) for k in EMOTIONS) < 1e-3
+    # the images really differ to the decoder (else a batch that mixed up its rows would pass)
+    assert len({tuple(round(math.log(g.label_probs[k]), 3) for k in EMOTIONS) for g in alone}) == len(images)
+    assert {g.stopped for g in alone} == {"eos" if max_new_tokens == 100 else "length"}
+
+
+def test_batch_size_must_be_positive(toy):
+    with pytest.raises(ValueError, match="batch_size"):
+        toy.generate_batch([_image()], batch_size=0)
+
+
+def test_a_batch_dependent_package_decodes_one_image_at_a_time(tmp_path, toy_dir):
+    """quantize_dynamic's int8 decoder scales each activation tensor as a whole: packages that say so (or old
+    ones made that way) are never batched; the others are."""
+    per_tensor = build_toy_package(tmp_path / "q", quantization={"name": "int8", "method": "quantize_dynamic QInt8"})
+    for path, invariant in ((per_tensor, False), (toy_dir, True)):
+        pkg = Package(path)
+        assert pkg.batch_invariant is invariant
+        batches = _decoder_batches(pkg)
+        done: list[int] = []
+        gens = pkg.generate_batch([_image(v) for v in (10, 90, 200)], batch_size=3, label_probs=False,
+                                  on_batch=done.append)
+        assert len(gens) == 3 and max(batches) == (3 if invariant else 1)
+        assert done == ([3] if invariant else [1, 1, 1])
+    declared = build_toy_package(tmp_path / "d", quantization={"name": "int8", "method": "MatMulNBits",
+                                                                "batch_invariant": False})
+    assert Package(declared).batch_invariant is False
+
+
+def test_workers_run_batches_at_once_with_the_same_results(toy_dir):
+    """Two workers on threads give every image the result one worker gives, in order; sampled batches draw
+    from the seed and their index, so the worker count does not change them either."""
+    import threading
+
+    one, two = Package(toy_dir), Package(toy_dir, workers=2)
+    threads, run = set(), two._generate
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return run(*args, **kwargs)
+
+    two._generate = spy
+    images = [_image(v) for v in (0, 50, 100, 150, 200, 250)]
+    for kwargs in ({}, {"temperature": 1.5, "seed": 3}):
+        a = one.generate_batch(images, batch_size=2, max_new_tokens=30, **kwargs)
+        b = two.generate_batch(images, batch_size=2, max_new_tokens=30, **kwargs)
+        assert [(g.token_ids, g.label_probs) for g in a] == [(g.token_ids, g.label_probs) for g in b]
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert a[0].token_ids != a[1].token_ids  # sampled: a shared draw for both rows would look the same
+    cores = len(os.sched_getaffinity(0))
+    assert two.decoder.get_session_options().intra_op_num_threads == max(1, cores // 2)
+    assert Package(toy_dir, workers=0).workers == cores
+    with pytest.raises(ValueError, match="workers"):
+        Package(toy_dir, workers=-1)
+
+
 def test_timings_are_measured_around_the_steps(toy):
     t0 = time.perf_counter()
     gen = toy.generate(_image(), max_new_tokens=100)
@@ -180,15 +263,18 @@ def test_timings_are_measured_around_the_steps(toy):
     assert gen.preprocess_s + gen.vision_s < gen.ttft_s  # the prefill and first pick come after both
     assert 0 < gen.decode_s and gen.ttft_s + gen.decode_s + gen.label_s <= wall
     assert 0 < gen.label_s
-    assert gen.tokens_per_s == pytest.approx((len(gen.token_ids) - 1) / gen.decode_s)
+    assert gen.tokens_per_s == pytest.approx((gen.tokens - 1) / gen.decode_s)
 
 
 def test_tokens_per_second_counts_the_tokens_after_the_first():
+    """The end-of-sequence token is a produced token (a decode step made it); a cut answer has none."""
     base = dict(text="", label=None, well_formed=False, ttft_s=0.1)
-    assert Generation(token_ids=[1, 2, 3, 4, 5], decode_s=2.0, **base).tokens_per_s == 2.0
-    assert Generation(token_ids=[1], decode_s=1.0, **base).tokens_per_s == 0.0
+    assert Generation(token_ids=[1, 2, 3, 4, 5], decode_s=2.0, stopped="length", **base).tokens_per_s == 2.0
+    assert Generation(token_ids=[1, 2, 3, 4], decode_s=2.0, stopped="eos", **base).tokens_per_s == 2.0
+    assert Generation(token_ids=[1, 2, 3, 4], decode_s=2.0, stopped="eos", **base).tokens == 5
+    assert Generation(token_ids=[1], decode_s=1.0, stopped="length", **base).tokens_per_s == 0.0
     assert Generation(token_ids=[1, 2], decode_s=0.0, **base).tokens_per_s == 0.0
-    assert Generation(token_ids=[], decode_s=1.0, **base).tokens_per_s == 0.0
+    assert Generation(token_ids=[], decode_s=1.0, stopped="length", **base).tokens_per_s == 0.0
 
 
 # --- label probabilities against a cache-free recomputation ----------------------------------------------
@@ -281,7 +367,7 @@ def test_label_scoring_can_be_skipped(toy):
 
 # --- the package itself ----------------------------------------------------------------------------------
 def test_a_package_describes_itself(toy, toy_dir):
-    assert toy.name == "toy_stage onnx fp32" and toy.labels == list(EMOTIONS) and toy.style == "cot"
+    assert toy.name == "toy_stage onnx-fp32" and toy.labels == list(EMOTIONS) and toy.style == "cot"
     assert toy.eos_ids == {toy.tokenizer.token_to_id(EOS)} and toy.past_names == ["past.0.key", "past.0.value"]
     assert read_manifest(toy_dir) == json.loads((toy_dir / "manifest.json").read_text())
     assert toy.decoder.get_providers() == ["CPUExecutionProvider"]
@@ -296,7 +382,7 @@ def test_a_package_without_a_stage_or_style_has_defaults(tmp_path, toy_dir):
     manifest["source"] = {}
     (pkg / "manifest.json").write_text(json.dumps(manifest))
     loaded = Package(pkg)
-    assert loaded.name == "model onnx fp32" and loaded.style == "cot"
+    assert loaded.name == "model onnx-fp32" and loaded.style == "cot"
 
 
 def _edit(pkg, **changes):

@@ -139,10 +139,12 @@ def _graphs(out: Path, vocab: int, prompt_len: int, script_ids: list[int], eos: 
 
 
 def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, script: str = SCRIPT,
-                      logits_to_keep: bool = True, answer: dict | None = None) -> Path:
+                      logits_to_keep: bool = True, answer: dict | None = None,
+                      quantization: dict | None = None) -> Path:
     """Write a toy package to ``out`` (a folder that ``svlm_runtime.Package`` loads); returns ``out``.
     ``logits_to_keep=False`` builds the older decoder that returns logits at every position; ``answer`` is the
-    manifest's answer section (default: the default tags and rule, as the export writes)."""
+    manifest's answer section (default: the default tags and rule, as the export writes); ``quantization`` its
+    quantization section (default: fp32)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer()
@@ -165,7 +167,7 @@ def build_toy_package(out: str | Path, *, style: str = "cot", seed: int = 0, scr
         "prompt": {"question": PROMPT, "input_ids": prompt},
         "labels": list(EMOTIONS),
         "answer": answer if answer is not None else AnswerFormat().to_manifest(),
-        "quantization": {"name": "fp32", "method": "none"},
+        "quantization": quantization or {"name": "fp32", "method": "none"},
         "source": {"stage": "toy_stage", "question_style": style},
         "files": files,
         "size_bytes": sum(f["bytes"] for f in files.values()),

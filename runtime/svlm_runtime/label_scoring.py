@@ -2,7 +2,7 @@
 
 Pure Python (no numpy, torch or transformers), so the ONNX runtime and the PyTorch path share it; each
 scores the returned token sequences with its own forward pass (``svlm_runtime.package`` with its KV cache,
-``benchmarks.models.TorchModel`` with a batched forward). The tags are the ``AnswerFormat``'s: a package's
+``factory.inference.TorchModel`` with a batched forward). The tags are the ``AnswerFormat``'s: a package's
 own, or the defaults.
 
 Why not "the label's first token after ``<answer>``": with a real BPE tokenizer ``<answer>`` is several
