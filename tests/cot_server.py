@@ -28,6 +28,7 @@ class Script:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.redirect_to = ""  # where model "redirect" sends the client
 
 
 def _handler(script: Script):
@@ -98,6 +99,28 @@ def _handler(script: Script):
                     return respond(200, _completion(format_answer(label, "third time lucky")))
                 if model == "down":
                     return respond(503, {"error": "unavailable"})
+                if model == "redirect":  # to another host that would take the key and answer
+                    leave()
+                    self.send_response(302)
+                    self.send_header("Location", script.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                if model == "drip":  # a valid start, then one byte every 50 ms for as long as the client stays
+                    leave()
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    try:
+                        for _ in range(400):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                    except OSError:
+                        pass
+                    return None
+                if model == "huge":  # a well-formed reply of 2 MB
+                    return respond(200, _completion(format_answer(label, "x" * 2_000_000)))
                 return respond(400, {"error": f"unknown model {model}"})
             finally:
                 leave()

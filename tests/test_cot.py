@@ -241,3 +241,68 @@ def test_local_transformers_teacher_runs_a_registered_family(synth_root, tmp_pat
     rows = read_results(tmp_path / "c" / "results.jsonl")
     # A random tiny model answers nothing valid; its raw text is still recorded for inspection.
     assert all(isinstance(a.get("response"), str) for r in rows for a in r["attempts"] if a["teacher"] == "local")
+
+
+# --- hostile or broken servers, and secrets in the config -------------------------------------------------
+def _ask_once(server, model: str, records, **kw):
+    """One request of an openai teacher to ``server``: (its TeacherError kind or None, seconds taken)."""
+    from factory.cot.teachers import OpenAITeacher, TeacherError
+
+    teacher = OpenAITeacher(_endpoint(server, model, max_retries=0, **kw))
+    t0 = time.perf_counter()
+    try:
+        teacher.respond(records[0])
+        kind = None
+    except TeacherError as exc:
+        kind = exc.kind
+    return kind, time.perf_counter() - t0
+
+
+def test_a_redirect_is_a_failure_and_the_key_never_leaves_for_the_other_host(records, monkeypatch):
+    monkeypatch.setenv("SVLM_TEST_KEY", "sk-SECRET-redirect")
+    labels = labels_by_hash(records)
+    with ScriptedServer(Script(labels)) as server, ScriptedServer(Script(labels)) as other:
+        server.script.redirect_to = other.base_url + "/chat/completions"
+        kind, _ = _ask_once(server, "redirect", records, api_key_env="SVLM_TEST_KEY")
+        assert kind == "redirect"
+        assert other.script.auth_headers == [] and not other.script.calls  # never contacted
+        assert server.script.auth_headers == ["Bearer sk-SECRET-redirect"]
+
+
+def test_one_deadline_per_request_even_against_a_server_that_drips(records):
+    with ScriptedServer(Script(labels_by_hash(records))) as server:
+        kind, seconds = _ask_once(server, "drip", records, timeout=0.5)
+    assert kind == "timeout" and seconds < 2.0  # the drip would go on for 20 s, a byte per 50 ms
+
+
+def test_a_reply_over_the_size_cap_is_refused(records):
+    with ScriptedServer(Script(labels_by_hash(records))) as server:
+        assert _ask_once(server, "huge", records)[0] == "too_large"  # 2 MB against the 1 MB default
+        assert _ask_once(server, "huge", records, max_response_bytes=3_000_000)[0] is None
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"base_url": "http://teacher.example.com/v1", "api_key_env": "K"}, "unencrypted to teacher.example.com"),
+    ({"base_url": "https://bob:hunter2@teacher.example.com/v1"}, "must not carry credentials"),
+    ({"base_url": "ftp://teacher.example.com/v1"}, "http:// or https://"),
+    ({"base_url": "https://teacher.example.com/v1", "api_key_env": "sk-live-0123456789"}, "not hold the key"),
+    ({"base_url": "http://localhost:8000/v1", "max_response_bytes": 0}, "max_response_bytes"),
+])
+def test_teacher_configs_that_would_leak_a_secret_are_refused_without_echoing_it(fields, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        TeacherConfig(name="t", kind="openai", model="m", **fields)
+    assert "hunter2" not in str(err.value) and "sk-live" not in str(err.value)
+
+
+def test_plain_http_with_a_key_is_fine_on_loopback():
+    for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.5"):
+        TeacherConfig(name="t", kind="openai", model="m", base_url=f"http://{host}:8000/v1", api_key_env="K")
+
+
+def test_a_build_whose_teacher_cannot_start_writes_nothing(synth_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    cfg = CotConfig(data=str(synth_root), out=str(tmp_path / "c"), teachers=[
+        TeacherConfig(name="e", kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOPE_KEY")])
+    with pytest.raises(ConfigError, match="NOPE_KEY"):
+        build(cfg, progress=False)
+    assert not (tmp_path / "c").exists()

@@ -133,3 +133,25 @@ def test_other_tags_parse_by_the_same_rule():
     assert fmt.parse("[r]vast[/r][a][b]fear[/a]").label is None  # the answer holds a tag character
     assert fmt.parse("<think>vast</think><answer>awe</answer>").label is None
     assert fmt.render("fear", "dark") == "[r]dark[/r][a]fear[/a]"
+
+
+def test_the_last_answer_is_found_like_the_regex_did_in_linear_time():
+    """Same answer as the last of re.findall("<answer>(.*?)</answer>") on random tag soup; and a hostile 2 MB
+    reply of unclosed tags parses at once (the regex rescanned the rest of the text from each tag: minutes)."""
+    import random
+    import re
+    import time
+
+    from factory.prompts import ANSWER_FORMAT
+
+    regex = re.compile(r"<answer>(.*?)</answer>", re.S)
+    pieces = ["<answer>", "</answer>", "awe", "Fear", " ", "<think>", "</think>", "x", "<", ">", "\n"]
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        found = regex.findall(text)
+        assert parse_answer(text).label == (ANSWER_FORMAT.normalize_label(found[-1]) if found else None), text
+    t0 = time.perf_counter()
+    assert parse_answer("<answer>" * 250_000).label is None
+    assert parse_answer("<think>a</think>" + "<answer>" * 250_000 + "awe</answer>").label is None  # "<answer>" inside
+    assert time.perf_counter() - t0 < 2  # linear: milliseconds; the quadratic regex needed minutes

@@ -153,6 +153,7 @@ def build(cfg: CotConfig, progress: bool = True, split: SplitResult | None = Non
     """
     if not cfg.data or not cfg.out:
         raise ConfigError("cot build needs data (an EmoSet root) and out (an output folder)")
+    builder = Builder(cfg)  # teachers validated (key variables set) before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume_compatible(cfg, out)
@@ -165,7 +166,6 @@ def build(cfg: CotConfig, progress: bool = True, split: SplitResult | None = Non
     results_path = out / RESULTS
     done = {row["image_id"] for row in read_results(results_path)}
     todo = [r for r in records if r.image_id not in done]
-    builder = Builder(cfg)
     workers = min(64, sum(t.concurrency for t in builder.teachers))
     bar = None
     if progress:

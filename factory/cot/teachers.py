@@ -3,7 +3,10 @@
 
 * ``openai``: any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, SGLang, LMDeploy, Ollama, hosted
   services). The image travels as a base64 data URL; the API key is read from the environment variable
-  named in the config at request time and is never stored, logged or written.
+  named in the config at request time and is never stored, logged or written. The key only travels over
+  https or to a loopback address; redirects are not followed (a 3xx is a counted failure, so the key and the
+  answer never involve another host); each request has one deadline, ``timeout``, for everything from
+  connecting to the last byte, and a reply larger than ``max_response_bytes`` is refused.
 * ``local``: a transformers checkpoint (a registered family via ``load_model``, or any image-text-to-text
   model), for users with a GPU.
 * ``attributes``: the offline, attribute-grounded teacher (``factory.cot.attributes``).
@@ -18,11 +21,11 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +47,8 @@ class TeacherConfig:
     model: str = ""  # served model name, or for `local` a hub id / path
     api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
     concurrency: int = 4  # requests in flight to this endpoint
-    timeout: float = 60.0  # seconds per request
+    timeout: float = 60.0  # seconds per request, connecting to the last byte
+    max_response_bytes: int = 1_000_000  # a longer reply is refused (a teacher's answer is a few kB)
     max_retries: int = 4  # retries on 429, 5xx, timeouts and connection errors
     backoff: float = 1.0  # first retry delay in seconds; doubles each retry, with jitter
     temperature: float = 0.7
@@ -61,8 +65,39 @@ class TeacherConfig:
             raise ConfigError(f"teacher {self.name!r}: an openai teacher needs base_url and model")
         if self.kind == "local" and not self.model:
             raise ConfigError(f"teacher {self.name!r}: a local teacher needs model (hub id or path)")
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
-            raise ConfigError(f"teacher {self.name!r}: concurrency ≥ 1, max_retries ≥ 0 and timeout > 0 required")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.max_response_bytes < 1:
+            raise ConfigError(f"teacher {self.name!r}: concurrency ≥ 1, max_retries ≥ 0, timeout > 0 and "
+                              "max_response_bytes ≥ 1 required")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # never echo it: what does not look like a variable name may be the key itself
+            raise ConfigError(f"teacher {self.name!r}: api_key_env must name an environment variable (letters, "
+                              "digits, _), not hold the key; the value is not shown")
+        if self.kind == "openai":
+            _check_url(self)
+
+
+def _check_url(cfg: TeacherConfig) -> None:
+    """base_url: http(s), a host, no credentials in it; a key goes over plain http to loopback only."""
+    parts = urllib.parse.urlsplit(cfg.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"teacher {cfg.name!r}: base_url must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"teacher {cfg.name!r}: base_url must not carry credentials (user:password@); name "
+                          "the environment variable that holds the key in api_key_env")
+    if cfg.api_key_env and parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ConfigError(f"teacher {cfg.name!r}: the key would travel unencrypted to {parts.hostname}; use "
+                          "https, or a loopback address for a local server")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class TeacherError(Exception):
@@ -130,21 +165,7 @@ class OpenAITeacher:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key_env:
             headers["Authorization"] = "Bearer " + os.environ[self.cfg.api_key_env]
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            kind = "http_429" if exc.code == 429 else "http_5xx" if exc.code >= 500 else "http_4xx"
-            raise TeacherError(kind, f"HTTP {exc.code}") from None
-        except (TimeoutError, socket.timeout):
-            raise TeacherError("timeout", f"no answer within {self.cfg.timeout} s") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                raise TeacherError("timeout", f"no answer within {self.cfg.timeout} s") from None
-            raise TeacherError("connection", str(exc.reason)) from None
-        except (ConnectionError, OSError) as exc:
-            raise TeacherError("connection", type(exc).__name__) from None
+        raw = self._post(payload, headers)
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -154,6 +175,56 @@ class OpenAITeacher:
         if not isinstance(content, str):
             raise TeacherError("malformed_response", "message content is not text")
         return content
+
+    def _post(self, payload: bytes, headers: dict) -> bytes:
+        """POST with http.client, which follows no redirect. A timer shuts the socket down at the deadline, so
+        a server that drips bytes cannot hold the request past ``timeout``; the body is read up to the cap."""
+        import http.client
+
+        parts = urllib.parse.urlsplit(self.url)
+        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(parts.hostname, parts.port, timeout=self.cfg.timeout)
+        expired, held = threading.Event(), []  # held: the socket (conn.sock is dropped once a response has it)
+
+        def expire():
+            expired.set()
+            for sock in held:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read; close() alone would not
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.cfg.timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()
+            held.append(conn.sock)
+            conn.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=payload,
+                         headers=headers)
+            response = conn.getresponse()
+            if 300 <= response.status < 400:
+                raise TeacherError("redirect", f"HTTP {response.status} (redirects are not followed)")
+            if response.status >= 400:
+                kind = "http_429" if response.status == 429 else "http_5xx" if response.status >= 500 else "http_4xx"
+                raise TeacherError(kind, f"HTTP {response.status}")
+            raw = response.read(self.cfg.max_response_bytes + 1)
+            if len(raw) > self.cfg.max_response_bytes:
+                raise TeacherError("too_large", f"reply over {self.cfg.max_response_bytes} bytes")
+        except TeacherError:
+            raise
+        except (TimeoutError, socket.timeout):
+            raise TeacherError("timeout", f"no answer within {self.cfg.timeout} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise TeacherError("timeout", f"no answer within {self.cfg.timeout} s") from None
+            raise TeacherError("connection", type(exc).__name__) from None
+        finally:
+            timer.cancel()
+            conn.close()
+        if expired.is_set():  # the shutdown can also surface as a short, "complete" body
+            raise TeacherError("timeout", f"no answer within {self.cfg.timeout} s")
+        return raw
 
     def respond(self, record: EmoSetRecord, hint: str | None = None) -> str:
         payload = self._payload(record, hint)
