@@ -10,10 +10,10 @@ interval).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from factory import stats
+from factory.files import write_json, write_text
 from factory.prompts import EMOTIONS
 
 
@@ -152,8 +152,8 @@ def markdown(report: dict) -> str:
 
 def write(report: dict, out: Path, plots: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
-    (out / "accuracy.md").write_text(markdown(report))
+    write_json(out / "accuracy.json", report)
+    write_text(out / "accuracy.md", markdown(report))
     if not plots:
         return
     import matplotlib

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from factory.files import write_json, write_text
+
 
 def sample_images(data: str | Path, split: str, n: int) -> list[str]:
     """``n`` image paths spread evenly over a split (the split files list images class by class)."""
@@ -125,8 +127,8 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, out: Path) -> None:
-    (out / "latency.json").write_text(json.dumps(report, indent=2))
-    (out / "latency.md").write_text(markdown(report))
+    write_json(out / "latency.json", report)
+    write_text(out / "latency.md", markdown(report))
     acc_path = out / "accuracy.json"
     if not acc_path.is_file():
         return

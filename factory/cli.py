@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SVLMError, PackageError) as exc:
         print(f"svlm: error: {exc}", file=sys.stderr)
         return 2
+    except json.JSONDecodeError as exc:  # a JSON file of the user's (split, annotation, results) that is not JSON
+        print(f"svlm: error: malformed JSON: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission denied, a path that vanished: the system's own words
+        print(f"svlm: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("svlm: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ from factory import config as config_lib
 from factory.cot.teachers import TeacherConfig
 from factory.data.synth import SynthConfig
 from factory.errors import ConfigError
+from factory.files import write_json
 from factory.evaluate import EvalConfig
 from factory.models import ModelConfig
 from factory.train.runner import LoraSettings, TrainConfig, TrainOptions
@@ -197,7 +198,7 @@ def run(cfg: RunConfig) -> dict:
             records = records[: cfg.eval.limit]
         base = evaluate(loaded.model, loaded.processor, records, max_new_tokens=cfg.eval.max_new_tokens,
                         batch_size=cfg.eval.batch_size, progress=True).metrics()
-        base_eval.write_text(json.dumps(base, indent=2))
+        write_json(base_eval, base)
         del loaded
     rows.append({"stage": "base (untrained)", **base})
     stages = train(tcfg, stage_names)
@@ -217,7 +218,7 @@ def run(cfg: RunConfig) -> dict:
         "bench": bench,
         "seconds": round(time.time() - t0, 1),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     plot = plot_summary(rows, run_dir / "stages.png", f"{cfg.name}: {cfg.eval.split} split")
     print(format_table(rows))
     if heldout:

@@ -29,6 +29,7 @@ from factory import config as config_lib
 from factory.cot.teachers import TeacherConfig, TeacherError, make_teacher
 from factory.data.emoset import EmoSetRecord, SplitResult, read_split
 from factory.errors import ConfigError, DataError
+from factory.files import write_json
 from factory.prompts import EMOTIONS, LABEL2ID, parse_answer
 
 RESULTS, TRACES = "results.jsonl", "cot.jsonl"
@@ -207,7 +208,7 @@ def finalize(out: Path, wanted: set[str] | None = None) -> dict:
                                      "rationalized": trace["rationalized"]}) + "\n")
     tmp.replace(out / TRACES)
     summary = summarize(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
 

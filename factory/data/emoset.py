@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from factory.errors import DataError
+from factory.files import write_json
 from factory.prompts import EMOTIONS, LABEL2ID
 
 SPLITS = ("train", "val", "test")
@@ -99,7 +100,7 @@ class SplitResult:
             "skipped_entries": [vars(s) for s in self.skipped],
             "warning_entries": [vars(w) for w in self.warnings],
         }
-        path.write_text(json.dumps(report, indent=2))
+        write_json(path, report)
         return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from factory.errors import SVLMError
+from factory.files import write_json
 
 if TYPE_CHECKING:
     from factory.train.runner import TrainConfig
@@ -256,8 +257,8 @@ def run_trainer(ctx: StageContext, trainer) -> dict:
         tmp = ctx.out / (ADAPTER + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
-        (ctx.out / "log_history.json").write_text(json.dumps(history, indent=1))
-        (ctx.out / "train_metrics.json").write_text(json.dumps({**result.metrics, "resumed_from": resume}, indent=2))
+        write_json(ctx.out / "log_history.json", history, indent=1)
+        write_json(ctx.out / "train_metrics.json", {**result.metrics, "resumed_from": resume})
         tmp.replace(ctx.out / ADAPTER)
     trainer.accelerator.wait_for_everyone()
     return {**result.metrics, "resumed_from": resume}

@@ -131,10 +131,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write via a temporary file and a rename, so a kill never leaves half a done.json behind."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    """Atomically (``factory.files``), so a kill never leaves half a done.json behind."""
+    from factory.files import write_json
+
+    write_json(path, obj)
 
 
 def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
