@@ -48,7 +48,7 @@ class CotConfig:
     rationalize: bool = False  # second pass with the label as a hint for images no teacher got right
     limit: int = 0  # first N images of the split (0: all)
     strict_data: bool = False  # bad data: skip with a report (false) or stop (true)
-    check_images: str = "header"  # the teachers decode every image anyway
+    check_images: str = "decode"  # a truncated image would fail its teacher requests (and cost them) again on every resume
 
     def __post_init__(self):
         if self.policy not in ("all", "first_k"):

@@ -104,6 +104,9 @@ class SplitResult:
         return path
 
 
+MAX_ANNOTATION_BYTES = 1_000_000  # EmoSet's are under 1 kB
+
+
 class _Problem(Exception):
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
@@ -118,21 +121,51 @@ def _inside(root: Path, rel: str) -> Path:
 
 
 def check_image(path: Path, mode: ImageCheck) -> None:
-    """Raise ``_Problem`` if the image is missing or (per ``mode``) cannot be read."""
+    """Raise ``_Problem`` if the image is missing or (per ``mode``) cannot be read. The pixel count is
+    checked from the header before anything is decoded: a 190-byte PNG may declare 30000 x 30000 pixels."""
     if not path.is_file():
         raise _Problem("missing_image", f"image file not found: {path}")
     if mode == "none":
         return
     from PIL import Image, UnidentifiedImageError
+    from svlm_runtime.preprocess import MAX_PIXELS
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise _Problem("oversized_image", f"{path.name} is {img.width}x{img.height} pixels, over the "
+                               f"{MAX_PIXELS:,} pixel limit")
             if mode == "header":
                 img.verify()
             else:
                 img.load()  # full decode: the only way to catch a truncated JPEG
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise _Problem("oversized_image", f"{path.name}: {exc}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise _Problem("unreadable_image", f"cannot decode {path.name}: {exc}") from None
+
+
+def usable_images(root: str | Path, paths: list[str], mode: ImageCheck = "decode",
+                  workers: int = 8) -> tuple[set[str], Counter]:
+    """The ``paths`` (as given) that lie inside the data ``root`` and pass ``check_image``, and a count of
+    the others by problem kind. Training and CoT data call this before a run, so one truncated JPEG is a
+    skipped, counted sample instead of a crash mid-run (and again on every resume)."""
+    root = Path(root).resolve()
+
+    def check(path: str) -> str | None:
+        try:
+            resolved = Path(path).resolve()
+            if not resolved.is_relative_to(root):
+                raise _Problem("outside_data_root", f"{path} is not inside {root}")
+            check_image(resolved, mode)
+        except _Problem as exc:
+            return exc.kind
+        return None
+
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        kinds = dict(zip(unique, pool.map(check, unique)))
+    return {p for p, kind in kinds.items() if kind is None}, Counter(k for k in kinds.values() if k)
 
 
 def _read_split_file(root: Path, split: str) -> list:
@@ -144,6 +177,8 @@ def _read_split_file(root: Path, split: str) -> list:
         entries = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a split file") from None
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a JSON list of [emotion, image_id, image, annotation], "
                         f"got {type(entries).__name__}")
@@ -163,10 +198,15 @@ def _read_annotation(path: Path, emotion: str) -> dict | None:
     """Attributes that exist in the annotation; None when the file is missing."""
     if not path.is_file():
         return None
+    if path.stat().st_size > MAX_ANNOTATION_BYTES:
+        raise _Problem("bad_annotation", f"{path.name}: {path.stat().st_size:,} bytes, over the "
+                       f"{MAX_ANNOTATION_BYTES:,} an annotation may have")
     try:
         ann = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _Problem("bad_annotation", f"{path.name}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _Problem("bad_annotation", f"{path.name}: JSON nested too deeply") from None
     if not isinstance(ann, dict):
         raise _Problem("bad_annotation", f"{path.name}: expected a JSON object")
     if "emotion" in ann and ann["emotion"] != emotion:

@@ -148,9 +148,24 @@ def stage_rows(ctx: StageContext) -> list[dict]:
             traced = _traced_images(ctx)
             records = [r for r in records if str(Path(r.image_path).resolve()) in traced]
         rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
+    rows = _usable_rows(ctx, rows)
     if not rows:
         raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
     return rows
+
+
+def _usable_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
+    """The rows whose image lies inside the data root and decodes; the others are skipped and counted (a
+    truncated JPEG would otherwise stop training mid-run, and again on every resume; a CoT log may name
+    any path)."""
+    from factory.data.emoset import usable_images
+
+    ok, problems = usable_images(ctx.data_root, [row["image"] for row in rows])
+    kept = [row for row in rows if row["image"] in ok]
+    if problems:
+        print(f"[svlm train] {ctx.name}: skipped {len(rows) - len(kept)} of {len(rows)} rows whose image is "
+              f"unusable ({', '.join(f'{k}: {n}' for k, n in sorted(problems.items()))})", flush=True)
+    return kept
 
 
 def _traced_images(ctx: StageContext) -> set[str]:
