@@ -330,23 +330,73 @@ from synthetic images only.
 """
 
 
+MARK = ".svlm-export"  # written at the top of every export folder: only folders with it are replaced or removed
+
+
+def _made_by_export(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``svlm export``: it holds the mark, or (exports older than the mark)
+    nothing but ``merged/`` and package folders, one of them with a manifest."""
+    if (folder / MARK).is_file():
+        return True
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    return bool(entries) and all(e.is_dir() and e.name in {"merged", *QUANTS} for e in entries) and \
+        any((e / MANIFEST).is_file() for e in entries)
+
+
+def _check_out(out: Path, cfg: ExportConfig, base: str, adapter: Path | None) -> None:
+    """Refuse an ``out`` that would replace, or sit inside, what the export reads: the run folder (an export
+    inside it, like the default ``<run>/export``, is fine), its stage folders, the base model's folder."""
+    target = out.resolve()
+    guarded: list[tuple[str, Path, bool]] = []  # (what, folder, whether out may lie inside it)
+    if cfg.run:
+        from factory.train.stages import STAGE_ORDER
+
+        run = Path(cfg.run).resolve()
+        guarded.append(("the run folder", run, True))
+        guarded += [("the stage folder", run / s, False) for s in STAGE_ORDER if (run / s).is_dir()]
+    if adapter is not None:
+        guarded.append(("the stage folder", adapter.resolve().parent, False))
+    if Path(base).is_dir():
+        guarded.append(("the model folder", Path(base).resolve(), False))
+    for what, folder, inside_ok in guarded:
+        if target == folder or folder.is_relative_to(target):
+            raise ExportError(f"--out {out} would replace {what} {folder}; give the export a folder of its own "
+                              "(default: <run>/export)")
+        if not inside_ok and target.is_relative_to(folder):
+            raise ExportError(f"--out {out} lies inside {what} {folder}; give the export a folder of its own")
+
+
 def export(cfg: ExportConfig) -> dict:
-    """Build, validate and write the packages; returns {quant: manifest}."""
+    """Build, validate and write the packages; returns {quant: manifest}.
+
+    Built in ``<out>.tmp`` and swapped in by two renames through ``<out>.old``; a run killed between them
+    finds ``<out>`` missing and ``<out>.old`` present, and puts it back first. Folders are only replaced or
+    removed when the export made them (``MARK``)."""
     base, adapter, provenance = resolve_source(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
-    if out.exists() and not cfg.overwrite:
-        raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _check_out(out, cfg, base, adapter)
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    if not out.exists() and old.is_dir() and _made_by_export(old):
+        old.rename(out)
+        _log(f"restored {out} from {old} (an earlier export stopped between its two renames)")
+    if out.exists():
+        if not cfg.overwrite:
+            raise ExportError(f"{out} exists; pass --overwrite to replace it")
+        if not _made_by_export(out):
+            raise ExportError(f"{out} was not written by svlm export; refusing to replace it (choose another --out)")
+    for leftover in (tmp, old):
+        if leftover.exists():
+            if not _made_by_export(leftover):
+                raise ExportError(f"{leftover} is in the way and was not written by svlm export; move it away")
+            shutil.rmtree(leftover)
     tmp.mkdir(parents=True)
+    (tmp / MARK).write_text("written by svlm export; the folder may be replaced by the next svlm export --overwrite\n")
     try:
         manifests = _build(cfg, base, adapter, provenance, tmp)
-    except Exception:
+    except BaseException:  # a failed or interrupted build leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)

@@ -130,7 +130,7 @@ def test_cli_export_success_prints_each_package(baseline_run, synth_root, tmp_pa
     assert "greedy tokens identical 100%" in line
     manifest = json.loads((out / "fp32" / "manifest.json").read_text())
     assert manifest["source"]["stage"] == "0_baseline" and manifest["validation"]["images"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["fp32", "merged"]
+    assert sorted(p.name for p in out.iterdir()) == [".svlm-export", "fp32", "merged"]  # the mark: replaceable
     image = next((synth_root / "image").rglob("*.jpg"))
     assert Package(out / "fp32").generate(image, max_new_tokens=4).label_probs
 

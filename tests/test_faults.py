@@ -141,3 +141,76 @@ def test_training_rows_skip_and_count_images_that_do_not_decode_or_leave_the_roo
     assert [r["image"] for r in kept] == [*images[1:], rows[-1]["image"]]  # a path through ".." that stays inside
     out = capsys.readouterr().out
     assert "skipped 2 of 6" in out and "outside_data_root: 1" in out and "unreadable_image: 1" in out
+
+
+# --- export: it replaces and removes only what it wrote ---------------------------------------------------
+@pytest.fixture
+def fake_run(tmp_path):
+    """A run folder with a finished stage (adapter config, a checkpoint) and data: what an export reads."""
+    run = tmp_path / "runs" / "x"
+    (run / "1_sft" / "adapter").mkdir(parents=True)
+    (run / "1_sft" / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "1_sft" / "checkpoint-8").mkdir()
+    (run / "1_sft" / "checkpoint-8" / "state.pt").write_text("weights")
+    (run / "1_sft" / "done.json").write_text("{}")
+    (run / "data").mkdir()
+    (run / "data" / "train.json").write_text("[]")
+    return run
+
+
+def _export_refused(run_or_model: dict, out, overwrite=True, match=""):
+    from export.build import ExportConfig, ExportError, export
+
+    with pytest.raises(ExportError, match=match):
+        export(ExportConfig(**run_or_model, out=str(out), overwrite=overwrite))
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_text() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where,match", [
+    ("run", "would replace the run folder"),
+    ("runs", "would replace the run folder"),  # a folder holding the run
+    ("stage", "would replace the stage folder"),
+    ("inside_stage", "lies inside the stage folder"),
+    ("data", "not written by svlm export"),  # inside the run, but not an export's
+])
+def test_export_refuses_an_out_that_would_destroy_what_it_reads(fake_run, monkeypatch, where, match):
+    import export.build as build
+
+    monkeypatch.setattr(build, "resolve_source", lambda cfg: ("some/hub-id", fake_run / "1_sft" / "adapter", {}))
+    before = _tree(fake_run.parent)
+    out = {"run": fake_run, "runs": fake_run.parent, "stage": fake_run / "1_sft",
+           "inside_stage": fake_run / "1_sft" / "export", "data": fake_run / "data"}[where]
+    _export_refused({"run": str(fake_run)}, out, match=match)
+    assert _tree(fake_run.parent) == before
+
+
+def test_export_refuses_an_out_inside_or_equal_to_the_model_folder(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out in (model, model / "export", tmp_path):
+        _export_refused({"model": str(model)}, out, match="model folder")
+    assert _tree(model) == [("config.json", "{}")]
+
+
+def test_export_keeps_a_user_folder_in_the_way_of_its_temporary_one(tmp_path):
+    (tmp_path / "export.tmp").mkdir()
+    (tmp_path / "export.tmp" / "notes.txt").write_text("mine")
+    (tmp_path / "model").mkdir()
+    _export_refused({"model": str(tmp_path / "model")}, tmp_path / "export", match="export.tmp is in the way")
+    assert (tmp_path / "export.tmp" / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_killed_between_its_two_renames_is_put_back(tmp_path, capsys):
+    from export.build import MARK
+
+    (tmp_path / "model").mkdir()
+    old = tmp_path / "export.old"
+    (old / "int8").mkdir(parents=True)
+    (old / MARK).write_text("")
+    (old / "int8" / "manifest.json").write_text("{}")
+    _export_refused({"model": str(tmp_path / "model")}, tmp_path / "export", overwrite=False, match="exists")
+    assert (tmp_path / "export" / "int8" / "manifest.json").is_file() and not old.exists()
