@@ -154,7 +154,15 @@ def train_config(cfg: RunConfig, root: Path) -> TrainConfig:
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run the chain; return the summary that is also written to ``runs/<name>/summary.json``."""
+    """Run the chain; return the summary that is also written to ``runs/<name>/summary.json``. One process
+    at a time per run folder (``factory.files.folder_lock``)."""
+    from factory.files import folder_lock
+
+    with folder_lock(cfg.run_dir):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> dict:
     from factory.cot.build import CotConfig, build
     from factory.data.emoset import read_split
     from factory.evaluate import evaluate

@@ -214,3 +214,52 @@ def test_an_export_killed_between_its_two_renames_is_put_back(tmp_path, capsys):
     (old / "int8" / "manifest.json").write_text("{}")
     _export_refused({"model": str(tmp_path / "model")}, tmp_path / "export", overwrite=False, match="exists")
     assert (tmp_path / "export" / "int8" / "manifest.json").is_file() and not old.exists()
+
+
+# --- one writer per folder ---------------------------------------------------------------------------------
+def _holder(folder):
+    """A second process that takes the folder's lock and keeps it until killed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom factory.files import folder_lock\n"
+                             "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
+                             str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_a_locked_cot_build_or_run_gets_one_line(synth_root, tmp_path, capsys):
+    cot, run = tmp_path / "cot", tmp_path / "runs" / "r"
+    (cot / "results.jsonl").parent.mkdir(parents=True)
+    (cot / "results.jsonl").write_text('{"image_id": "a"}\n')
+    holders = [_holder(cot), _holder(run)]
+    try:
+        capsys.readouterr()
+        assert main(["cot", "build", "--data", str(synth_root), "--out", str(cot), "-q"]) == 2
+        assert main(["train", "--data", str(synth_root), "--output-dir", str(run.parent), "--name", "r", "-q"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and all("in use by another svlm process" in line for line in err)
+        assert (cot / "results.jsonl").read_text() == '{"image_id": "a"}\n'
+    finally:
+        for proc in holders:
+            proc.kill()  # SIGKILL: the lock goes with the process
+            proc.wait()
+    from factory.files import folder_lock
+
+    with folder_lock(cot), folder_lock(cot):  # free again; re-entrant within a process
+        pass
+
+
+def test_cot_resume_keeps_every_valid_line_and_sets_the_bad_ones_aside(tmp_path):
+    from factory.cot.build import REJECTS, read_results
+
+    log = tmp_path / "results.jsonl"
+    lines = ['{"image_id": "a", "n": 1}', '{"image_id": "b", "n": 1}', "{garbage", '{"image_id": "a", "n": 2}',
+             '["not", "a", "row"]', '{"image_id": "c", "n": 1}']
+    log.write_text("\n".join(lines) + '\n{"image_id": "d", "n"')  # the last line cut by a kill
+    rows = read_results(log)
+    assert [(r["image_id"], r["n"]) for r in rows] == [("a", 1), ("b", 1), ("c", 1)]
+    assert (tmp_path / REJECTS).read_text() == '{garbage\n["not", "a", "row"]\n'
+    assert log.read_text() == "".join(line + "\n" for line in lines if line[2:10] == 'image_id' and '"n": 2' not in line)
+    assert read_results(log) == rows and (tmp_path / REJECTS).read_text().count("\n") == 2  # stable on re-read

@@ -19,6 +19,7 @@ those records are marked ``rationalized`` and excluded from training data unless
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,7 +30,7 @@ from factory import config as config_lib
 from factory.cot.teachers import TeacherConfig, TeacherError, make_teacher
 from factory.data.emoset import EmoSetRecord, SplitResult, read_split
 from factory.errors import ConfigError, DataError
-from factory.files import write_json
+from factory.files import folder_lock, write_json
 from factory.prompts import EMOTIONS, LABEL2ID, parse_answer
 
 RESULTS, TRACES = "results.jsonl", "cot.jsonl"
@@ -71,23 +72,42 @@ def _classify(raw: str, label: str) -> tuple[str, str | None]:
     return ("accepted" if parsed.well_formed else "bad_format"), parsed.label
 
 
+REJECTS = "results.rejects.jsonl"
+
+
 def read_results(path: Path) -> list[dict]:
-    """Read the resume log; a partial or corrupt last line (a crash mid-write) is cut off the file."""
+    """Read the resume log, keeping every valid line: a partial last line (a crash mid-write) is dropped, a
+    damaged line elsewhere is moved to ``results.rejects.jsonl`` beside it, a repeated image keeps its first
+    result. When anything was dropped the log is rewritten atomically, so valid, paid-for results are never
+    cut off with a bad line before them."""
     if not path.is_file():
         return []
     data = path.read_bytes()
-    rows, good_end = [], 0
+    rows, kept, rejects, seen = [], [], [], set()
     for line in data.splitlines(keepends=True):
         if not line.endswith(b"\n"):
-            break
+            continue  # the line a kill cut short: its image is simply asked again
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_end += len(line)
-    if good_end != len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(good_end)
+            row = json.loads(line)
+            valid = isinstance(row, dict) and isinstance(row.get("image_id"), str)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            valid = False
+        if not valid:
+            rejects.append(line)
+        elif row["image_id"] not in seen:
+            seen.add(row["image_id"])
+            rows.append(row)
+            kept.append(line)
+    if sum(map(len, kept)) != len(data):
+        if rejects:
+            with open(path.with_name(REJECTS), "ab") as fh:
+                fh.writelines(rejects)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.writelines(kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     return rows
 
 
@@ -156,7 +176,11 @@ def build(cfg: CotConfig, progress: bool = True, split: SplitResult | None = Non
         raise ConfigError("cot build needs data (an EmoSet root) and out (an output folder)")
     builder = Builder(cfg)  # teachers validated (key variables set) before anything is written
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # two builds appending to one log duplicated traces
+        return _build(cfg, builder, out, progress, split)
+
+
+def _build(cfg: CotConfig, builder: Builder, out: Path, progress: bool, split: SplitResult | None) -> dict:
     _check_resume_compatible(cfg, out)
     if split is None:
         split = read_split(cfg.data, cfg.split, strict=cfg.strict_data, check_images=cfg.check_images)

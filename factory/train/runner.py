@@ -138,7 +138,15 @@ def _write_json(path: Path, obj) -> None:
 
 
 def train(cfg: TrainConfig, names: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
-    """Run the stages (default: ``cfg.train.select``); returns ``{stage: done.json contents}``."""
+    """Run the stages (default: ``cfg.train.select``); returns ``{stage: done.json contents}``. One process
+    (or one multi-process launch) at a time per run folder."""
+    from factory.files import folder_lock
+
+    with folder_lock(cfg.run_dir):
+        return _train(cfg, names, progress)
+
+
+def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[str, dict]:
     from accelerate import PartialState
 
     from factory.data.emoset import read_split
