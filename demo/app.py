@@ -15,6 +15,8 @@ refused with a visible message.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -52,17 +54,30 @@ def example_images(folder: Path) -> list[str]:
 
 
 class Models:
-    """Loads each chosen variant once and streams its generation."""
+    """The loaded variants: at most ``keep`` at once (least recently used goes first, so a user clicking
+    through every fp32 stage cannot fill the memory), each with its own lock, so one generation at a time
+    runs on a model while other models serve other users."""
 
-    def __init__(self):
-        self._cache: dict[str, object] = {}
+    def __init__(self, keep: int = 2):
+        from collections import OrderedDict
+
+        self.keep = keep
+        self._cache: OrderedDict[str, tuple[object, threading.Lock]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str):
+    def entry(self, path: str) -> tuple[object, threading.Lock]:
+        """(model, its lock), loaded on first use."""
         with self._lock:
-            if path not in self._cache:
-                self._cache[path] = _load(path)
+            if path in self._cache:
+                self._cache.move_to_end(path)
+            else:
+                self._cache[path] = (_load(path), threading.Lock())
+                while len(self._cache) > self.keep:
+                    self._cache.popitem(last=False)
             return self._cache[path]
+
+    def get(self, path: str):
+        return self.entry(path)[0]
 
 
 def _load(path: str):
@@ -71,21 +86,37 @@ def _load(path: str):
     return open_model(path)
 
 
-def stream(model, image_path: str, max_new_tokens: int = 160):
+class _Stopped(Exception):
+    """Raised inside generation when nobody is reading any more (the browser left)."""
+
+
+def stream(model, image_path: str, max_new_tokens: int = 160, lock: threading.Lock | None = None):
     """Yield ("text", partial text) while generating, then ("done", result dict); ``model`` is a package or a
-    PyTorch stage (``factory.inference``)."""
+    PyTorch stage (``factory.inference``). Closing the generator (Gradio does when the client disconnects)
+    stops the generation at its next token. ``lock``: held while generating."""
     from svlm_runtime.preprocess import load_image
 
     image = load_image(image_path)  # raises ValueError with a readable message for bad input
     chunks: queue.Queue = queue.Queue()
     box: dict = {}
+    stop = threading.Event()
+
+    def on_text(piece: str) -> None:
+        if stop.is_set():
+            raise _Stopped
+        chunks.put(piece)
 
     def work():
         try:
-            g = model.generate(image, max_new_tokens=max_new_tokens, on_text=chunks.put)
+            with lock or contextlib.nullcontext():
+                if stop.is_set():
+                    return
+                g = model.generate(image, max_new_tokens=max_new_tokens, on_text=on_text)
             box["result"] = {"text": g.text, "label": g.label, "probs": g.label_probs,
                              "forced": g.label_probs_forced, "ttft_s": g.ttft_s,
                              "tokens_per_s": g.tokens_per_s, "tokens": g.tokens}
+        except _Stopped:
+            pass
         except Exception as exc:  # surfaced to the user below
             box["error"] = exc
         finally:
@@ -93,12 +124,23 @@ def stream(model, image_path: str, max_new_tokens: int = 160):
 
     threading.Thread(target=work, daemon=True).start()
     text = ""
-    while (piece := chunks.get()) is not None:
-        text += piece
-        yield "text", text
+    try:
+        while (piece := chunks.get()) is not None:
+            text += piece
+            yield "text", text
+    finally:
+        stop.set()  # a closed generator (GeneratorExit) lands here too
     if "error" in box:
         raise box["error"]
     yield "done", box["result"]
+
+
+def _public(message: str) -> str:
+    """An error message without the server's paths (a web user sees it): each absolute path becomes its
+    file name."""
+    import re
+
+    return re.sub(r"(?<![\w.])/(?:[^\s'\"/]+/)*([^\s'\"/]+)", r"\1", message)
 
 
 def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir: str | Path | None = None):
@@ -120,16 +162,17 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
         raise SVLMError(f"no exported package or trained stage under {runs}; run `svlm run` first or pass --model")
     default = next(iter(choices))
     models = Models()
-    examples = example_images(Path(examples_dir or Path(tempfile.gettempdir()) / "svlm_demo_examples"))
+    # a private folder (mode 0700): a fixed /tmp path would let another local user plant the "examples"
+    examples = example_images(Path(examples_dir or tempfile.mkdtemp(prefix="svlm_demo_examples_")))
 
     def analyze(image_path, choice):
         if not image_path:
             raise gr.Error("Upload an image or pick an example first.")
         if choice not in choices:
             raise gr.Error(f"Unknown model {choice!r}.")
-        mdl = models.get(choices[choice])
         try:
-            for kind, value in stream(mdl, image_path):
+            mdl, lock = models.entry(choices[choice])
+            for kind, value in stream(mdl, image_path, lock=lock):
                 if kind == "text":
                     yield value, None, "generating…"
                 else:
@@ -141,8 +184,11 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
                              f"{value['tokens_per_s']:.0f} tokens/s · {value['tokens']} tokens · "
                              f"model {mdl.size_bytes / 1e6:.1f} MB")
                     yield value["text"], (probs or label), stats
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+        except ValueError as exc:  # the image: not one, unreadable, too large
+            raise gr.Error(_public(str(exc))) from None
+        except Exception as exc:  # the full story goes to the server's log, the user gets it without paths
+            logging.getLogger("svlm.demo").exception("analyze failed")
+            raise gr.Error(f"{type(exc).__name__}: {_public(str(exc))}") from None
 
     with gr.Blocks(title="SVLM Factory: emotion reasoning") as app:
         gr.Markdown("# Emotion reasoning on a small VLM\nUpload an image; the model reasons in `<think>` and "
@@ -162,9 +208,28 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
     return app
 
 
+def auth_from_env(name: str | None) -> tuple[str, str] | None:
+    """(user, password) from the environment variable ``name`` holding ``user:password``; None without a
+    name. The credentials never pass through the command line (where ``ps`` shows them)."""
+    if name is None:
+        return None
+    import os
+
+    from factory.errors import SVLMError
+
+    value = os.environ.get(name, "")
+    user, sep, password = value.partition(":")
+    if not (sep and user and password):
+        raise SVLMError(f"--auth-env {name}: set it to user:password (it is {'unset' if not value else 'malformed'})")
+    return user, password
+
+
 def launch(runs: str = "runs", model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, block: bool = True):
+           share: bool = False, block: bool = True, auth: tuple[str, str] | None = None):
+    """Serve the app; ``auth``: (user, password) the browser must give. Every error of ``analyze`` reaches the
+    user as a ``gr.Error`` without server paths; ``show_error`` stays on for Gradio's own upload checks
+    (their messages name only Gradio's upload folder)."""
     app = build_app(runs, model)
     app.launch(server_name=host, server_port=port, share=share, max_file_size="25mb",
-               prevent_thread_lock=not block, show_error=True)
+               prevent_thread_lock=not block, show_error=True, auth=auth)
     return app

@@ -193,10 +193,14 @@ def cmd_bench_latency(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from demo.app import launch
+    from demo.app import auth_from_env, launch
 
+    auth = auth_from_env(args.auth_env)
+    if args.share and auth is None:
+        print("svlm demo: warning: --share opens a public link to this machine that anyone who has it can use; "
+              "pass --auth-env VAR (VAR holding user:password) to ask for a password", file=sys.stderr)
     print(f"svlm demo on http://{args.host}:{args.port} (Ctrl+C to stop)")
-    launch(args.runs, args.model, args.host, args.port, args.share)
+    launch(args.runs, args.model, args.host, args.port, args.share, auth=auth)
     return 0
 
 
@@ -339,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="where to look for variants (default runs/)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (warns without "
+                   "--auth-env)")
+    p.add_argument("--auth-env", dest="auth_env", metavar="VAR",
+                   help="environment variable holding user:password the browser must give")
 
     p = add(sub, "ablate", "controlled experiments: stage-4 variants and stage ablations from one adapter of a run, "
             "x seeds, scored on its held-out set with intervals and paired tests (default grid: "

@@ -60,7 +60,7 @@ def test_svlm_demo_passes_its_options_to_the_launcher(monkeypatch, tmp_path, cap
     monkeypatch.setattr(demo.app, "launch", lambda *a, **kw: calls.append((a, kw)))
     assert main(["demo", "--runs", str(tmp_path), "--model", "m", "--host", "0.0.0.0", "--port", "8001",
                  "--share"]) == 0
-    assert calls == [((str(tmp_path), "m", "0.0.0.0", 8001, True), {})]
+    assert calls == [((str(tmp_path), "m", "0.0.0.0", 8001, True), {"auth": None})]
     assert "http://0.0.0.0:8001" in capsys.readouterr().out
 
 

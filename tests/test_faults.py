@@ -263,3 +263,77 @@ def test_cot_resume_keeps_every_valid_line_and_sets_the_bad_ones_aside(tmp_path)
     assert (tmp_path / REJECTS).read_text() == '{garbage\n["not", "a", "row"]\n'
     assert log.read_text() == "".join(line + "\n" for line in lines if line[2:10] == 'image_id' and '"n": 2' not in line)
     assert read_results(log) == rows and (tmp_path / REJECTS).read_text().count("\n") == 2  # stable on re-read
+
+
+# --- the demo ----------------------------------------------------------------------------------------------
+def test_the_demo_keeps_at_most_two_models_loaded(monkeypatch):
+    import demo.app as app
+
+    loads = []
+    monkeypatch.setattr(app, "_load", lambda path: loads.append(path) or object())
+    models = app.Models()
+    a = models.get("a")
+    models.get("b")
+    assert models.get("a") is a  # cached, and now the most recently used
+    models.get("c")  # evicts b, the least recently used
+    models.get("a")
+    models.get("b")
+    assert loads == ["a", "b", "c", "b"]
+    assert models.entry("b")[1] is not models.entry("a")[1]  # a lock per model
+
+
+def test_generation_stops_when_the_client_goes_away(tmp_path):
+    import threading
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from demo.app import stream
+
+    class Slow:
+        def __init__(self):
+            self.sent, self.done = 0, threading.Event()
+
+        def generate(self, image, max_new_tokens, on_text):
+            try:
+                for _ in range(max_new_tokens):
+                    on_text("x")
+                    self.sent += 1
+                    time.sleep(0.01)
+            finally:
+                self.done.set()
+
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    model = Slow()
+    events = stream(model, str(image), max_new_tokens=10_000)
+    assert next(events) == ("text", "x")
+    events.close()  # what Gradio does when the browser disconnects
+    assert model.done.wait(5) and model.sent < 100
+
+
+def test_errors_shown_to_web_users_carry_no_server_paths():
+    from demo.app import _public
+
+    assert _public("cannot identify image file '/tmp/gradio/3f2a/photo.png'") == \
+        "cannot identify image file 'photo.png'"
+    assert _public("/srv/runs/x/export/int8: decoder.onnx is missing") == "int8: decoder.onnx is missing"
+    assert _public("image is 9000x9000 pixels, over the limit; ratio 1/2") == \
+        "image is 9000x9000 pixels, over the limit; ratio 1/2"
+
+
+def test_share_warns_without_a_password_and_auth_comes_from_the_environment(monkeypatch, capsys):
+    import demo.app as app
+
+    calls = []
+    monkeypatch.setattr(app, "launch", lambda *args, auth=None: calls.append(auth))
+    assert main(["demo", "--share"]) == 0
+    assert "public link" in capsys.readouterr().err and calls == [None]
+    monkeypatch.setenv("SVLM_DEMO_AUTH", "ana:s3cret:with-colon")
+    assert main(["demo", "--share", "--auth-env", "SVLM_DEMO_AUTH"]) == 0
+    assert "public link" not in capsys.readouterr().err and calls[-1] == ("ana", "s3cret:with-colon")
+    monkeypatch.setenv("SVLM_DEMO_AUTH", "no-colon")
+    assert main(["demo", "--auth-env", "SVLM_DEMO_AUTH"]) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and "no-colon" not in err
