@@ -337,3 +337,27 @@ def test_share_warns_without_a_password_and_auth_comes_from_the_environment(monk
     assert main(["demo", "--auth-env", "SVLM_DEMO_AUTH"]) == 2
     err = capsys.readouterr().err
     assert "malformed" in err and "no-colon" not in err
+
+
+# --- training ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("main_process", [True, False])
+def test_only_the_main_process_removes_a_checkpoint_cut_by_a_kill(tmp_path, monkeypatch, main_process):
+    from types import SimpleNamespace
+
+    import accelerate
+
+    from factory.train.common import CHECKPOINTS, last_checkpoint
+
+    waits = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(
+        is_main_process=main_process, wait_for_everyone=lambda: waits.append(True)))
+    ckpt = tmp_path / CHECKPOINTS
+    (ckpt / "checkpoint-4").mkdir(parents=True)
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (ckpt / "checkpoint-8").mkdir()  # the kill came before trainer_state.json
+    last = last_checkpoint(SimpleNamespace(out=tmp_path))
+    assert waits == [True]  # every rank meets at the barrier before it picks
+    if main_process:
+        assert last == str(ckpt / "checkpoint-4") and not (ckpt / "checkpoint-8").exists()
+    else:  # another rank touches nothing: rank 0 removes the cut folder before the barrier
+        assert (ckpt / "checkpoint-8").exists()

@@ -249,18 +249,21 @@ def callbacks(ctx: StageContext) -> list:
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:
-    """The newest complete checkpoint of an interrupted stage, or None."""
+    """The newest complete checkpoint of an interrupted stage, or None. A kill during a save leaves a folder
+    without trainer_state.json: the main process removes such folders while the other ranks wait (each rank
+    deleting them raced), then every rank resumes from the same one."""
+    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt = ctx.out / CHECKPOINTS
-    if not ckpt.is_dir():
-        return None
-    last = get_last_checkpoint(str(ckpt))
-    # A kill during a save leaves a folder without trainer_state.json: resume from the one before it.
-    while last is not None and not (Path(last) / "trainer_state.json").is_file():
-        shutil.rmtree(last)
+    state = PartialState()
+    if state.is_main_process and ckpt.is_dir():
         last = get_last_checkpoint(str(ckpt))
-    return last
+        while last is not None and not (Path(last) / "trainer_state.json").is_file():
+            shutil.rmtree(last)
+            last = get_last_checkpoint(str(ckpt))
+    state.wait_for_everyone()
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
 
 
 def run_trainer(ctx: StageContext, trainer) -> dict:
