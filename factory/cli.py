@@ -123,7 +123,8 @@ def cmd_cot_build(args) -> int:
 def cmd_run(args) -> int:
     from factory.pipeline import RunConfig, run
 
-    cfg = config_lib.load(RunConfig, args.config, _overrides(args, {"name": "name", "output_dir": "output_dir"}))
+    cfg = config_lib.load(RunConfig, args.config, _overrides(args, {"name": "name", "output_dir": "output_dir",
+                                                                     "overwrite": "train.overwrite"}))
     run(cfg)
     return 0
 
@@ -141,7 +142,8 @@ def cmd_train(args) -> int:
     from factory.train.runner import TrainConfig, train
 
     cfg = config_lib.load(TrainConfig, args.config, _overrides(args, {
-        "name": "name", "output_dir": "output_dir", "data": "data", "cot": "cot", "stages": "train.select"}))
+        "name": "name", "output_dir": "output_dir", "data": "data", "cot": "cot", "stages": "train.select",
+        "overwrite": "train.overwrite"}))
     results = train(cfg, progress=not args.quiet)
     print(format_table([{"stage": name, **done["eval"]} for name, done in results.items()]))
     return 0
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", dest="output_dir", help="where runs are written (default runs/)")
     p.add_argument("--data", help="EmoSet root (default <run>/data, as written by svlm run)")
     p.add_argument("--cot", help="CoT build folder (default <run>/cot)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="retrain finished stages whose settings or parent adapter changed (default: refuse)")
     add(sub, "stages", "list the training stages and what each one does", cmd_stages)
 
     p = add(sub, "export", "merge a stage's adapter, export ONNX (vision / embed / decoder with KV), quantize, "
@@ -358,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
             overrides=True)
     p.add_argument("--name", help="run name: outputs go to <output_dir>/<name> (default 'default')")
     p.add_argument("--output-dir", dest="output_dir", help="where runs are written (default runs/)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="retrain finished stages whose settings or parent adapter changed (default: refuse)")
     return parser
 
 

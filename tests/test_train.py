@@ -579,3 +579,35 @@ def test_cli_train_errors_exit_2(tmp_path, synth_root, capsys):
     assert "continues from 3_grpo_accuracy" in capsys.readouterr().err
     code = main(["train", "--output-dir", str(tmp_path), "train.stages.4_clgrpo.num_iterations=1"])
     assert code == 2 and "num_iterations: 2" in capsys.readouterr().err
+
+
+def test_a_finished_stage_is_reused_only_when_made_from_the_same_settings_and_parent(
+        tmp_path, synth_root, cot_dir, small_tiny_dirs):
+    """A rerun after a config change refused to silently reuse stale stages: it names what differs and the
+    way out; --overwrite retrains the stage, and a retrained parent makes its children stale."""
+    from factory.errors import SVLMError
+
+    cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs)
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    run = cfg.run_dir
+    weights = {s: run / s / "adapter" / "adapter_model.safetensors" for s in ("1_sft", "2_grpo_format")}
+    stamps = {s: p.stat().st_mtime_ns for s, p in weights.items()}
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)  # same settings: both reused
+    assert {s: p.stat().st_mtime_ns for s, p in weights.items()} == stamps
+
+    saved = (run / "1_sft" / "svlm_config.yaml").read_text()
+    cfg.train.stages["1_sft"]["learning_rate"] = 1e-3
+    with pytest.raises(SVLMError, match=r"1_sft was trained from other settings \(stage.learning_rate differ\).*"
+                                        r"--overwrite"):
+        train(cfg, ["1_sft"], progress=False)
+    assert (run / "1_sft" / "svlm_config.yaml").read_text() == saved  # refused before writing anything
+
+    cfg.train.overwrite = True
+    train(cfg, ["1_sft"], progress=False)
+    assert weights["1_sft"].stat().st_mtime_ns != stamps["1_sft"]
+    cfg.train.overwrite = False
+    with pytest.raises(SVLMError, match="parent_adapter_sha256"):
+        train(cfg, ["2_grpo_format"], progress=False)
+    cfg.train.overwrite = True
+    train(cfg, ["2_grpo_format"], progress=False)
+    assert weights["2_grpo_format"].stat().st_mtime_ns != stamps["2_grpo_format"]

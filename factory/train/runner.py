@@ -18,6 +18,7 @@ a stage whose adapter was written but not yet evaluated is only evaluated.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class TrainOptions:
     lora: LoraSettings = field(default_factory=LoraSettings)
     stages: dict = field(default_factory=dict)  # per-stage overrides: {1_sft: {max_steps: 300}}
     stage_dir: str | None = None  # read <stage_dir>/<stage>.yaml instead of the built-in stage table
+    overwrite: bool = False  # retrain a finished stage whose settings or parent changed (else: an error)
 
     def __post_init__(self):
         unknown = [k for k in self.stages if k not in STAGE_ORDER]
@@ -126,6 +128,69 @@ def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
     return stages
 
 
+MADE_FROM = "made_from.json"  # what a stage is trained from; kept in done.json too
+
+
+def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path, cot_dir: Path) -> dict:
+    """What a stage's adapter depends on: its resolved stage config, the shared training knobs, the model
+    config and base, the data and CoT folders, and the parent's adapter by content (a retrained parent makes
+    its children stale). The eval settings are not in it: they change the figures, not the adapter."""
+    parent = cfg.run_dir / stage.parent / ADAPTER if stage.parent else None
+    return {"stage": config_lib.to_dict(stage),
+            "train": {k: config_lib.to_dict(cfg.train)[k] for k in ("quantization", "seed", "lora")},
+            "model": config_lib.to_dict(cfg.model), "base": str(Path(base).resolve()) if Path(base).exists() else base,
+            "data": str(Path(data_root).resolve()),
+            "cot": str(Path(cot_dir).resolve()),
+            "parent_adapter_sha256": _folder_sha256(parent) if parent is not None and parent.is_dir() else None}
+
+
+def _folder_sha256(folder: Path) -> str:
+    import hashlib
+
+    from svlm_runtime.package import sha256
+
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    return hashlib.sha256("".join(f"{f.name}:{sha256(f)};" for f in files).encode()).hexdigest()
+
+
+def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ."""
+    keys = sorted(set(have) | set(want))
+    out = []
+    for key in keys:
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def _reusable(name: str, out: Path, made_from: dict, overwrite: bool) -> bool:
+    """Whether the stage folder's finished result can be reused (True), or the stage must (re)train or
+    continue (False). A folder made from other settings or another parent is an error naming the
+    differences, unless ``overwrite`` clears it; folders from before the record are reused as they are."""
+    recorded = None
+    if (out / "done.json").is_file():
+        recorded = _read_json(out / "done.json").get("made_from")
+        if recorded is None:
+            return True  # written before stages recorded what they were made from
+    elif (out / MADE_FROM).is_file():
+        recorded = _read_json(out / MADE_FROM)  # a started, unfinished stage
+    if recorded is None:
+        return False
+    diff = _differences(recorded, made_from)
+    if not diff:
+        return (out / "done.json").is_file()
+    if not overwrite:
+        shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise SVLMError(f"{out} was trained from other settings ({shown} differ); choose another run (--name) or "
+                        "pass --overwrite to retrain it")
+    _log(f"{name}: made from other settings ({', '.join(diff)}); --overwrite: retraining")
+    shutil.rmtree(out)
+    return False
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -178,14 +243,17 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
     results: dict[str, dict] = {}
     for name, stage in stages.items():
         out = run_dir / name
-        if (out / "done.json").is_file():
+        made_from = _made_from(cfg, stage, base, data_root, cot_dir)
+        if _reusable(name, out, made_from, cfg.train.overwrite and state.is_main_process):
             results[name] = _read_json(out / "done.json")
             _log(f"{name}: already done, skipped ({out / 'done.json'})")
             continue
+        state.wait_for_everyone()  # rank 0 may have cleared a stale stage folder
         out.mkdir(parents=True, exist_ok=True)
         if state.is_main_process:
             config_lib.save(cfg, out)
             config_lib.save(stage, out, filename="stage.yaml")
+            _write_json(out / MADE_FROM, made_from)
         ctx = StageContext(name, stage, cfg, out, base, data_root, cot_dir, progress)
         t0 = time.time()
         if (out / ADAPTER / "adapter_config.json").is_file():
@@ -210,7 +278,8 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
         _write_json(out / "eval.json", result.metrics())
         history = _read_json(out / "log_history.json") if (out / "log_history.json").is_file() else []
         plot = plot_stage(history, out / "curves.png", f"{cfg.name} / {name}")
-        done = {"stage": name, "kind": stage.kind, "parent": stage.parent, "eval": result.metrics(),
+        done = {"stage": name, "kind": stage.kind, "parent": stage.parent, "made_from": made_from,
+                "eval": result.metrics(),
                 "train": metrics, "train_seconds": train_seconds, "eval_seconds": round(time.time() - t1, 1),
                 "adapter": str(out / ADAPTER), "curves": str(plot) if plot else None}
         _write_json(out / "done.json", done)
