@@ -166,7 +166,8 @@ def _export_refused(run_or_model: dict, out, overwrite=True, match=""):
 
 
 def _tree(folder):
-    return sorted((str(p.relative_to(folder)), p.read_text() if p.is_file() else None) for p in folder.rglob("*"))
+    return sorted((str(p.relative_to(folder)), p.read_bytes().decode("utf-8", "replace") if p.is_file() else None)
+                  for p in folder.rglob("*"))
 
 
 @pytest.mark.parametrize("where,match", [
@@ -361,3 +362,38 @@ def test_only_the_main_process_removes_a_checkpoint_cut_by_a_kill(tmp_path, monk
         assert last == str(ckpt / "checkpoint-4") and not (ckpt / "checkpoint-8").exists()
     else:  # another rank touches nothing: rank 0 removes the cut folder before the barrier
         assert (ckpt / "checkpoint-8").exists()
+
+
+@pytest.mark.slow
+def test_an_export_killed_mid_build_keeps_the_previous_one_and_the_rerun_finishes(baseline_run, tmp_path):
+    """SIGKILL while the export builds (after the merge, during the graphs): the previous export stays whole,
+    the marked temporary folder is cleared by the next run, which writes the packages."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from export.build import MARK
+    from svlm_runtime.package import Package
+
+    out = tmp_path / "export"
+    argv = ["export", "--run", str(baseline_run), "--stage", "0_baseline", "--out", str(out), "--quant", "fp32",
+            "validate_images=2", "max_new_tokens=4"]
+    assert main(argv) == 0
+    before = _tree(out)
+    proc = subprocess.Popen([sys.executable, "-m", "factory.cli", *argv, "--overwrite"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = tmp_path / "export.tmp"
+    deadline = time.time() + 300
+    while not (tmp / "merged" / "config.json").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _tree(out) == before and (tmp / MARK).is_file()
+    assert main(argv + ["--overwrite"]) == 0
+    assert not tmp.exists() and not (tmp_path / "export.old").exists()
+    import numpy as np
+    from PIL import Image
+
+    assert Package(out / "fp32").generate(Image.fromarray(np.full((32, 32, 3), 120, np.uint8)), max_new_tokens=2)

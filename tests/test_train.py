@@ -266,11 +266,18 @@ class Kill(Exception):
     pass
 
 
-def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, cot_dir, small_tiny_dirs):
+@pytest.mark.parametrize("stage,runner", [("0_baseline", sft), ("1_sft", sft), ("2_grpo_format", grpo)])
+def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, cot_dir, small_tiny_dirs, stage,
+                                                        runner):
+    """Every kind of stage (label SFT, CoT SFT, GRPO after its parent) stopped mid-training resumes from its
+    last checkpoint and ends at its step count, with nothing trained twice."""
     from transformers import TrainerCallback
 
     cfg = tiny_config(tmp_path, synth_root, cot_dir, small_tiny_dirs)
-    cfg.train.stages["1_sft"].update(max_steps=4, save_steps=2)
+    names = [*([cfg.stage(stage).parent] if cfg.stage(stage).parent else []), stage]
+    if len(names) == 2:
+        train(cfg, names[:1], progress=False)  # the parent, whole
+    cfg.train.stages[stage].update(max_steps=4, save_steps=2)
 
     class KillAtStep3(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -278,15 +285,16 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path, synth_root, c
                 raise Kill
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sft, "callbacks", lambda ctx: [KillAtStep3()])
+        mp.setattr(runner, "callbacks", lambda ctx: [KillAtStep3()])
         with pytest.raises(Kill):
-            train(cfg, ["1_sft"], progress=False)
-    out = cfg.run_dir / "1_sft"
+            train(cfg, [stage], progress=False)
+    out = cfg.run_dir / stage
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "done.json").exists()
-    results = train(cfg, ["1_sft"], progress=False)
-    assert results["1_sft"]["train"]["resumed_from"].endswith("checkpoint-2")
+    results = train(cfg, [stage], progress=False)
+    assert results[stage]["train"]["resumed_from"].endswith("checkpoint-2")
     history = json.loads((out / "log_history.json").read_text())
-    assert max(r["step"] for r in history) == 4
+    steps = [r["step"] for r in history if "loss" in r]
+    assert max(steps) == 4 and steps == sorted(set(steps))  # steps 3 and 4 once each, after the resume
 
 
 def _lora_matches_saved(live: dict, adapter_dir: Path) -> None:
