@@ -27,7 +27,7 @@ from factory.errors import ConfigError
 from factory.files import write_json
 from factory.evaluate import EvalConfig
 from factory.models import ModelConfig
-from factory.train.runner import LoraSettings, TrainConfig, TrainOptions
+from factory.train.runner import LoraSettings, TrainConfig, TrainOptions, run_relative
 
 
 @dataclass
@@ -196,8 +196,11 @@ def _run(cfg: RunConfig) -> dict:
     source = base_source(tcfg)
     rows = []
     base_eval = run_dir / "base_eval.json"
-    if base_eval.is_file():
-        base = json.loads(base_eval.read_text())
+    made_from = {"source": run_relative(source, run_dir), "data": run_relative(root, run_dir),
+                 "eval": config_lib.to_dict(cfg.eval)}
+    base = json.loads(base_eval.read_text()) if base_eval.is_file() else {}
+    if base.pop("made_from", made_from) == made_from and base:  # (records before made_from were reused as is)
+        _log(f"base model's evaluation reused ({base_eval})")
     else:
         loaded = load_model(source, dtype=cfg.model.dtype)
         _log(f"model {source} ({loaded.family.name}, {count_parameters(loaded.model) / 1e6:.1f}M parameters)")
@@ -206,7 +209,7 @@ def _run(cfg: RunConfig) -> dict:
             records = records[: cfg.eval.limit]
         base = evaluate(loaded.model, loaded.processor, records, max_new_tokens=cfg.eval.max_new_tokens,
                         batch_size=cfg.eval.batch_size, progress=True).metrics()
-        write_json(base_eval, base)
+        write_json(base_eval, {**base, "made_from": made_from})
         del loaded
     rows.append({"stage": "base (untrained)", **base})
     stages = train(tcfg, stage_names)
@@ -264,9 +267,16 @@ def eval_tokens(tcfg: TrainConfig, stages: list[str]) -> int:
     return max([tcfg.eval.max_new_tokens, *lengths])
 
 
-def _report_is_current(reports: list[Path], inputs: list[Path], models: list[str]) -> bool:
-    """A report can be reused when it is newer than everything it measured and covers the same models."""
+MADE_FROM = "made_from.json"  # beside a report: the settings it was made with
+
+
+def _report_is_current(reports: list[Path], inputs: list[Path], models: list[str], made_from: dict) -> bool:
+    """A report can be reused when it is newer than everything it measured, covers the same models and was
+    made with the same settings (data, split, limit, token budget, …: ``made_from``)."""
     if not all(r.is_file() for r in reports) or not all(i.is_file() for i in inputs):
+        return False
+    record = reports[0].parent / MADE_FROM
+    if not record.is_file() or json.loads(record.read_text()) != made_from:
         return False
     newer = min(r.stat().st_mtime for r in reports) > max(i.stat().st_mtime for i in inputs)
     return newer and [m["path"] for m in json.loads(reports[0].read_text())["models"]] == models
@@ -282,14 +292,19 @@ def run_heldout(cfg: RunConfig, root: Path, tcfg: TrainConfig, stages: list[str]
     data, split = heldout_data(cfg, root)
     out = cfg.run_dir / "heldout"
     models = [str(cfg.run_dir / s) for s in stages]
-    if _report_is_current([out / "accuracy.json"], [Path(m) / "done.json" for m in models], models):
+    refs = [str(cfg.run_dir / s) for s in cfg.heldout.compare_to if s in stages]
+    made_from = {"data": run_relative(data, cfg.run_dir), "split": split, "limit": cfg.heldout.limit,
+                 "compare_to": [Path(r).name for r in refs],
+                 "max_new_tokens": eval_tokens(tcfg, stages), "batch_size": cfg.eval.batch_size}
+    if _report_is_current([out / "accuracy.json"], [Path(m) / "done.json" for m in models], models, made_from):
         _log(f"held-out report in {out} is up to date, reused")
         return json.loads((out / "accuracy.json").read_text())
-    refs = [str(cfg.run_dir / s) for s in cfg.heldout.compare_to if s in stages]
     _log(f"scoring {len(models)} stages on the held-out set ({data}, {split})")
-    return accuracy.run(models, str(data), split, cfg.heldout.limit, out=out, max_new_tokens=eval_tokens(tcfg, stages),
-                        batch_size=cfg.eval.batch_size, progress=True, command="svlm run (held-out step)",
-                        compare_to=refs)
+    report = accuracy.run(models, str(data), split, cfg.heldout.limit, out=out,
+                          max_new_tokens=made_from["max_new_tokens"], batch_size=cfg.eval.batch_size, progress=True,
+                          command="svlm run (held-out step)", compare_to=refs)
+    write_json(out / MADE_FROM, made_from)
+    return report
 
 
 def heldout_summary(report: dict) -> dict:
@@ -345,7 +360,11 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
     for quant in cfg.export.quant:
         mf = out / quant / "manifest.json"
         if mf.is_file() and mf.stat().st_mtime > (cfg.run_dir / stage / "done.json").stat().st_mtime:
-            manifests[quant] = json.loads(mf.read_text())
+            manifest = json.loads(mf.read_text())
+            q = manifest["quantization"]
+            if q.get("method") != "MatMulNBits" or (q.get("block_size"), q.get("accuracy_level")) == \
+                    (cfg.export.block_size, cfg.export.accuracy_level):
+                manifests[quant] = manifest  # (an int4 made with other MatMulNBits settings is redone)
     if set(manifests) != set(cfg.export.quant) or any(m["source"].get("stage") != stage for m in manifests.values()):
         manifests = export(ExportConfig(run=str(cfg.run_dir), stage=stage, out=str(out), quant=cfg.export.quant,
                                         block_size=cfg.export.block_size,
@@ -373,7 +392,10 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max
     onnx_models = [info["path"] for info in exported.values()]
     inputs = [Path(m) / "done.json" for m in torch_models] + [Path(m) / "manifest.json" for m in onnx_models]
     reports = [out / "accuracy.json", out / "latency.json"]
-    if _report_is_current(reports, inputs, torch_models + onnx_models):
+    made_from = {"data": run_relative(root, cfg.run_dir), "split": cfg.bench.split, "limit": cfg.bench.limit,
+                 "max_new_tokens": max_new_tokens, "batch_size": cfg.eval.batch_size,
+                 "latency": [cfg.bench.latency_images, cfg.bench.latency_runs, cfg.bench.latency_warmup]}
+    if _report_is_current(reports, inputs, torch_models + onnx_models, made_from):
         _log(f"benchmark report in {out} is up to date, reused")
         acc, lat = (json.loads(r.read_text()) for r in reports)
     else:
@@ -387,6 +409,7 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max
         lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
                           cfg.bench.latency_warmup, max_new_tokens=max_new_tokens,
                           command="svlm run (bench step)")
+        write_json(out / MADE_FROM, made_from)
     print(accuracy.markdown(acc))
     print(latency.markdown(lat))
     return {"dir": str(out), "accuracy_md": str(out / "accuracy.md"), "latency_md": str(out / "latency.md"),

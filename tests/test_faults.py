@@ -397,3 +397,29 @@ def test_an_export_killed_mid_build_keeps_the_previous_one_and_the_rerun_finishe
     from PIL import Image
 
     assert Package(out / "fp32").generate(Image.fromarray(np.full((32, 32, 3), 120, np.uint8)), max_new_tokens=2)
+
+
+# --- what svlm run reuses outside the stages ------------------------------------------------------------
+def test_a_report_is_reused_only_when_made_with_the_same_settings(tmp_path):
+    import os
+    import time
+
+    from factory.pipeline import MADE_FROM, _report_is_current
+
+    stage = tmp_path / "4_clgrpo"
+    stage.mkdir()
+    (stage / "done.json").write_text("{}")
+    old = time.time() - 60
+    os.utime(stage / "done.json", (old, old))
+    report = tmp_path / "bench" / "accuracy.json"
+    report.parent.mkdir()
+    write_json(report, {"models": [{"path": str(stage)}]})
+    settings = {"split": "test", "limit": 0, "max_new_tokens": 160}
+    args = ([report], [stage / "done.json"], [str(stage)])
+    assert not _report_is_current(*args, settings)  # no record of how it was made: redone
+    write_json(report.parent / MADE_FROM, settings)
+    assert _report_is_current(*args, settings)
+    assert not _report_is_current(*args, {**settings, "limit": 100})
+    assert not _report_is_current([report], [stage / "done.json"], [str(stage), "other"], settings)
+    (stage / "done.json").write_text("{}")  # the stage was retrained after the report
+    assert not _report_is_current(*args, settings)

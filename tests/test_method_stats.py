@@ -234,3 +234,24 @@ def test_a_run_refuses_a_base_model_built_with_another_tokenizer(tiny_run):
     rcfg.model.tokenizer = "real"
     with pytest.raises(SVLMError, match="was built as .*'tokenizer': 'small'"):
         base_source(train_config(rcfg, tiny_run / "data"))
+
+
+def test_a_rerun_reuses_what_is_current_and_names_what_is_not(tmp_path, capsys):
+    """svlm run again: every stage, the base model's evaluation and the held-out report are reused; a changed
+    held-out limit redoes only that report; a changed stage setting stops with one line naming it."""
+    from factory.cli import main
+
+    argv = ["run", "--output-dir", str(tmp_path), "--name", "h", *RUN_ARGS]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done, skipped") == 3 and "base model's evaluation reused" in out
+    assert "held-out report" in out and "up to date, reused" in out
+    assert main(argv + ["heldout.limit=8"]) == 0
+    out = capsys.readouterr().out
+    assert "scoring 3 stages on the held-out set" in out and out.count("already done, skipped") == 3
+    assert json.loads((tmp_path / "h" / "heldout" / "accuracy.json").read_text())["images"] == 8
+    assert main(argv + ["train.stages.1_sft.max_steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "1_sft was trained from other settings (stage.max_steps differ)" in err and "--overwrite" in err

@@ -299,8 +299,9 @@ def existing_counts(cfg: SynthConfig) -> dict[str, int] | None:
         return None
     import yaml
 
-    if yaml.safe_load(marker.read_text()) != config_lib.to_dict(cfg):
-        return None
+    saved, now = yaml.safe_load(marker.read_text()), config_lib.to_dict(cfg)
+    if {k: v for k, v in saved.items() if k != "out"} != {k: v for k, v in now.items() if k != "out"}:
+        return None  # (where it lies is not how it was made: a moved or copied dataset still matches)
     return {s: len(json.loads((out / f"{s}.json").read_text())) for s in ("train", "val", "test")}
 
 

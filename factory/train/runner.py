@@ -138,10 +138,18 @@ def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path,
     parent = cfg.run_dir / stage.parent / ADAPTER if stage.parent else None
     return {"stage": config_lib.to_dict(stage),
             "train": {k: config_lib.to_dict(cfg.train)[k] for k in ("quantization", "seed", "lora")},
-            "model": config_lib.to_dict(cfg.model), "base": str(Path(base).resolve()) if Path(base).exists() else base,
-            "data": str(Path(data_root).resolve()),
-            "cot": str(Path(cot_dir).resolve()),
+            "model": config_lib.to_dict(cfg.model), "base": run_relative(base, cfg.run_dir),
+            "data": run_relative(data_root, cfg.run_dir), "cot": run_relative(cot_dir, cfg.run_dir),
             "parent_adapter_sha256": _folder_sha256(parent) if parent is not None and parent.is_dir() else None}
+
+
+def run_relative(path: str | Path, run_dir: Path) -> str:
+    """A path as a record keeps it: ``<run>/…`` inside the run folder (so a moved or copied run still matches
+    its records), absolute outside it; a hub id as it is."""
+    if not Path(path).exists():
+        return str(path)
+    resolved, run = Path(path).resolve(), Path(run_dir).resolve()
+    return f"<run>/{resolved.relative_to(run)}" if resolved.is_relative_to(run) else str(resolved)
 
 
 def _folder_sha256(folder: Path) -> str:
