@@ -21,6 +21,7 @@ import queue
 import threading
 from pathlib import Path
 
+from factory.layout import RunLayout
 from factory.prompts import EMOTIONS
 
 EXAMPLES_PER_CLASS = 1
@@ -35,12 +36,11 @@ def find_models(runs: str | Path = "runs") -> dict[str, str]:
     found: dict[str, str] = {}
     rank = {"int8": 0, "int4": 1, "fp32": 2}
     for run in sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True):
-        packages = sorted((m.parent for m in (run / "export").glob("*/manifest.json")),
-                          key=lambda p: rank.get(p.name, 9))
+        packages = sorted(RunLayout(run).packages(), key=lambda p: rank.get(p.name, 9))
         for pkg in packages:
             found[f"{run.name} · ONNX {pkg.name}"] = str(pkg)
-        for done in sorted(run.glob("*/done.json"), reverse=True):
-            found[f"{run.name} · {done.parent.name} (PyTorch)"] = str(done.parent)
+        for stage in reversed(RunLayout(run).finished()):
+            found[f"{run.name} · {stage} (PyTorch)"] = str(RunLayout(run).stage(stage))
     return found
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory.errors import SVLMError
+from factory.layout import RunLayout
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from svlm_runtime.package import FORMAT_VERSION, MANIFEST, sha256
@@ -79,18 +80,17 @@ def resolve_source(cfg: ExportConfig) -> tuple[str, Path | None, dict]:
     run = Path(cfg.run)
     if not run.is_dir():
         raise ExportError(f"no run folder {run}")
-    from factory.train.stages import STAGE_ORDER
-
-    done = [s for s in STAGE_ORDER if (run / s / "done.json").is_file()]
+    layout = RunLayout(run)
+    done = layout.finished()
     stage = cfg.stage or (done[-1] if done else None)
     if stage is None:
         raise ExportError(f"{run} has no finished stage; train one first (svlm train)")
-    adapter = run / stage / "adapter"
+    adapter = layout.stage(stage) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(f"{run}/{stage} has no adapter ({adapter}); finished stages: {done or 'none'}")
     from factory.train.common import stage_source
 
-    base, adapter, style = stage_source(run / stage)
+    base, adapter, style = stage_source(layout.stage(stage))
     return base, adapter, {"run": str(run), "stage": stage, "adapter": str(adapter), "base": base,
                            "question_style": style}
 
@@ -168,8 +168,9 @@ def _run_data(run: Path, stage: str | None) -> Path | None:
     ``svlm train`` config (the exported stage's, or any finished one's); None when it has no validation split."""
     import yaml
 
-    candidates = [run / "data"]
-    configs = [run / stage / "svlm_config.yaml"] if stage else sorted(run.glob("*/svlm_config.yaml"))
+    layout = RunLayout(run)
+    candidates = [layout.data]
+    configs = [layout.stage(stage) / "svlm_config.yaml"] if stage else sorted(run.glob("*/svlm_config.yaml"))
     for f in configs:
         if f.is_file():
             data = (yaml.safe_load(f.read_text()) or {}).get("data")
@@ -353,7 +354,8 @@ def _check_out(out: Path, cfg: ExportConfig, base: str, adapter: Path | None) ->
 
         run = Path(cfg.run).resolve()
         guarded.append(("the run folder", run, True))
-        guarded += [("the stage folder", run / s, False) for s in STAGE_ORDER if (run / s).is_dir()]
+        guarded += [("the stage folder", RunLayout(run).stage(s), False) for s in STAGE_ORDER
+                    if RunLayout(run).stage(s).is_dir()]
     if adapter is not None:
         guarded.append(("the stage folder", adapter.resolve().parent, False))
     if Path(base).is_dir():
@@ -373,7 +375,7 @@ def export(cfg: ExportConfig) -> dict:
     finds ``<out>`` missing and ``<out>.old`` present, and puts it back first. Folders are only replaced or
     removed when the export made them (``MARK``)."""
     base, adapter, provenance = resolve_source(cfg)
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "export"
+    out = Path(cfg.out) if cfg.out else RunLayout(Path(cfg.run)).export
     _check_out(out, cfg, base, adapter)
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     if not out.exists() and old.is_dir() and _made_by_export(old):

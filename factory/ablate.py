@@ -36,6 +36,7 @@ from pathlib import Path
 from factory import config as config_lib
 from factory import stats
 from factory.errors import ConfigError, SVLMError
+from factory.layout import DONE, RunLayout
 
 RESULT = "heldout.json"
 
@@ -143,7 +144,7 @@ def arm_train_config(rcfg, root: Path, arm: ArmConfig, out: Path, seed: int):
     data = config_lib.to_dict(tcfg)
     data["output_dir"], data["name"] = str(out.parent), out.name
     if rcfg.model.source is None:  # the run's own random base model, not a new one per arm
-        data["model"]["source"] = str(rcfg.run_dir / "base_model")
+        data["model"]["source"] = str(rcfg.layout.base_model)
     data["train"]["seed"] = seed
     data["train"]["select"] = "all"
     previous = arm.start
@@ -159,13 +160,13 @@ def arm_train_config(rcfg, root: Path, arm: ArmConfig, out: Path, seed: int):
 
 def _seed_stage(src: Path, dst: Path) -> None:
     """Give an arm-seed folder the start stage (adapter, stage.yaml, done.json), copied once."""
-    if (dst / "done.json").is_file():
+    if (dst / DONE).is_file():
         return
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copytree(src / "adapter", tmp / "adapter")
-    for name in ("stage.yaml", "done.json", "svlm_config.yaml"):
+    for name in ("stage.yaml", DONE, "svlm_config.yaml"):
         if (src / name).is_file():
             shutil.copy(src / name, tmp / name)
     shutil.rmtree(dst, ignore_errors=True)
@@ -182,7 +183,7 @@ def _cache_file(stage_dir: Path, data: Path, split: str, limit: int, max_new_tok
 def _cached(stage_dir: Path, data: Path, split: str, limit: int, max_new_tokens: int) -> dict | None:
     """The cached score of a finished stage folder, if it is newer than the stage (else None)."""
     cached = _cache_file(stage_dir, data, split, limit, max_new_tokens)
-    done = stage_dir / "done.json"
+    done = stage_dir / DONE
     if cached.is_file() and done.is_file() and cached.stat().st_mtime > done.stat().st_mtime:
         return json.loads(cached.read_text())
     return None
@@ -341,7 +342,7 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
     all_stages = sorted({s for a in cfg.arms.values() for s in [*a.stages, a.start] if s != "base"})
     tokens = eval_tokens(train_config(rcfg, root), all_stages)
     for name, arm in cfg.arms.items():
-        if arm.start != "base" and not (run_dir / arm.start / "done.json").is_file():
+        if arm.start != "base" and not RunLayout(run_dir).done(arm.start).is_file():
             raise SVLMError(f"arm {name} starts from {run_dir / arm.start}, which is not a finished stage; "
                             f"run `svlm run` (or `svlm train`) for it first")
     plan = _Plan(cfg, rcfg, root, run_dir, out, heldout, split, tokens)

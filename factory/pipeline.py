@@ -27,7 +27,8 @@ from factory.errors import ConfigError
 from factory.files import write_json
 from factory.evaluate import EvalConfig
 from factory.models import ModelConfig
-from factory.train.runner import LoraSettings, TrainConfig, TrainOptions, run_relative
+from factory.layout import MADE_FROM, RunLayout
+from factory.train.runner import LoraSettings, TrainConfig, TrainOptions
 
 
 @dataclass
@@ -130,6 +131,10 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
 
 def _log(msg: str) -> None:
     print(f"[svlm run] {msg}", flush=True)
@@ -149,7 +154,7 @@ def prepare_data(cfg: RunConfig) -> Path:
 
 def train_config(cfg: RunConfig, root: Path) -> TrainConfig:
     """The ``svlm train`` config this run hands its data, CoT, model and training settings to."""
-    return TrainConfig(name=cfg.name, output_dir=cfg.output_dir, data=str(root), cot=str(cfg.run_dir / "cot"),
+    return TrainConfig(name=cfg.name, output_dir=cfg.output_dir, data=str(root), cot=str(cfg.layout.cot),
                        model=cfg.model, eval=cfg.eval, train=cfg.train)
 
 
@@ -175,7 +180,7 @@ def _run(cfg: RunConfig) -> dict:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.root is None and not cfg.data.synth.out:
-        cfg.data.synth.out = str(run_dir / "data")
+        cfg.data.synth.out = str(cfg.layout.data)
     config_lib.save(cfg, run_dir)
     root = prepare_data(cfg)
     tcfg = train_config(cfg, root)
@@ -184,19 +189,19 @@ def _run(cfg: RunConfig) -> dict:
     splits = {}
     for split in ("train", "val", "test"):
         result = read_split(root, split, strict=cfg.data.strict, check_images=cfg.data.check_images)
-        result.write_report(run_dir / "data_reports" / f"{split}.json")
+        result.write_report(cfg.layout.data_reports / f"{split}.json")
         splits[split] = result
         _log(f"{split}: {len(result.records)} records, {len(result.skipped)} skipped")
 
-    cot_cfg = CotConfig(data=str(root), split="train", out=str(run_dir / "cot"), teachers=cfg.cot.teachers,
+    cot_cfg = CotConfig(data=str(root), split="train", out=str(cfg.layout.cot), teachers=cfg.cot.teachers,
                         policy=cfg.cot.policy, k=cfg.cot.k, rationalize=cfg.cot.rationalize)
     cot = build(cot_cfg, split=splits["train"])  # already read and checked above
     _log(f"CoT data: {cot['traces']} verified traces for {cot['images_with_trace']}/{cot['images']} train images "
-         f"({cot['image_acceptance_rate']:.1%}); {run_dir / 'cot' / 'summary.md'}")
+         f"({cot['image_acceptance_rate']:.1%}); {cfg.layout.cot / 'summary.md'}")
     source = base_source(tcfg)
     rows = []
-    base_eval = run_dir / "base_eval.json"
-    made_from = {"source": run_relative(source, run_dir), "data": run_relative(root, run_dir),
+    base_eval = cfg.layout.base_eval
+    made_from = {"source": cfg.layout.relative(source), "data": cfg.layout.relative(root),
                  "eval": config_lib.to_dict(cfg.eval)}
     base = json.loads(base_eval.read_text()) if base_eval.is_file() else {}
     if base.pop("made_from", made_from) == made_from and base:  # (records before made_from were reused as is)
@@ -229,13 +234,13 @@ def _run(cfg: RunConfig) -> dict:
         "bench": bench,
         "seconds": round(time.time() - t0, 1),
     }
-    write_json(run_dir / "summary.json", summary)
-    plot = plot_summary(rows, run_dir / "stages.png", f"{cfg.name}: {cfg.eval.split} split")
+    write_json(cfg.layout.summary, summary)
+    plot = plot_summary(rows, cfg.layout.stages_plot, f"{cfg.name}: {cfg.eval.split} split")
     print(format_table(rows))
     if heldout:
         print(f"\nHeld-out test set ({heldout['images']} images, {heldout['data']}):")
         print(heldout_table(heldout))
-    _log(f"done in {summary['seconds']} s; summary at {run_dir / 'summary.json'}, chart at {plot}")
+    _log(f"done in {summary['seconds']} s; summary at {cfg.layout.summary}, chart at {plot}")
     for quant, info in exported.items():
         _log(f"ONNX {quant}: {info['path']} ({info['mb']} MB; labels agree with PyTorch: {agreement_text(info)})")
     if bench:
@@ -253,7 +258,7 @@ def heldout_data(cfg: RunConfig, root: Path) -> tuple[Path, str]:
     if cfg.data.root is not None:
         return root, cfg.heldout.split
     synth = config_lib.to_dict(cfg.data.synth)
-    hcfg = config_lib.build(SynthConfig, {**synth, "out": str(cfg.run_dir / "heldout_data"), "n": cfg.heldout.n,
+    hcfg = config_lib.build(SynthConfig, {**synth, "out": str(cfg.layout.heldout_data), "n": cfg.heldout.n,
                                           "seed": cfg.data.synth.seed + cfg.heldout.seed_offset,
                                           "fractions": [0.0, 0.0, 1.0], "label_noise": 0.0})
     generate(hcfg, progress=True)
@@ -265,9 +270,6 @@ def eval_tokens(tcfg: TrainConfig, stages: list[str]) -> int:
     was trained to write is cut (a cut answer scores as wrong)."""
     lengths = [tcfg.stage(s).max_completion_length for s in stages if tcfg.stage(s).kind == "grpo"]
     return max([tcfg.eval.max_new_tokens, *lengths])
-
-
-MADE_FROM = "made_from.json"  # beside a report: the settings it was made with
 
 
 def _report_is_current(reports: list[Path], inputs: list[Path], models: list[str], made_from: dict) -> bool:
@@ -290,13 +292,13 @@ def run_heldout(cfg: RunConfig, root: Path, tcfg: TrainConfig, stages: list[str]
     from benchmarks import accuracy
 
     data, split = heldout_data(cfg, root)
-    out = cfg.run_dir / "heldout"
-    models = [str(cfg.run_dir / s) for s in stages]
-    refs = [str(cfg.run_dir / s) for s in cfg.heldout.compare_to if s in stages]
-    made_from = {"data": run_relative(data, cfg.run_dir), "split": split, "limit": cfg.heldout.limit,
+    out = cfg.layout.heldout
+    models = [str(cfg.layout.stage(s)) for s in stages]
+    refs = [str(cfg.layout.stage(s)) for s in cfg.heldout.compare_to if s in stages]
+    made_from = {"data": cfg.layout.relative(data), "split": split, "limit": cfg.heldout.limit,
                  "compare_to": [Path(r).name for r in refs],
                  "max_new_tokens": eval_tokens(tcfg, stages), "batch_size": cfg.eval.batch_size}
-    if _report_is_current([out / "accuracy.json"], [Path(m) / "done.json" for m in models], models, made_from):
+    if _report_is_current([out / "accuracy.json"], [cfg.layout.done(s) for s in stages], models, made_from):
         _log(f"held-out report in {out} is up to date, reused")
         return json.loads((out / "accuracy.json").read_text())
     _log(f"scoring {len(models)} stages on the held-out set ({data}, {split})")
@@ -355,11 +357,11 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
     from export.build import ExportConfig, export
 
     stage = stages[-1]
-    out = cfg.run_dir / "export"
+    out = cfg.layout.export
     manifests = {}
     for quant in cfg.export.quant:
         mf = out / quant / "manifest.json"
-        if mf.is_file() and mf.stat().st_mtime > (cfg.run_dir / stage / "done.json").stat().st_mtime:
+        if mf.is_file() and mf.stat().st_mtime > cfg.layout.done(stage).stat().st_mtime:
             manifest = json.loads(mf.read_text())
             q = manifest["quantization"]
             if q.get("method") != "MatMulNBits" or (q.get("block_size"), q.get("accuracy_level")) == \
@@ -385,14 +387,14 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max
         return {}
     from benchmarks import accuracy, latency
 
-    out = cfg.run_dir / "bench"
+    out = cfg.layout.bench
     # The stages themselves are compared on the held-out set; here the exported stage is the PyTorch
     # reference its ONNX packages are checked against.
-    torch_models = [str(cfg.run_dir / s) for s in stages[-1:]]
+    torch_models = [str(cfg.layout.stage(s)) for s in stages[-1:]]
     onnx_models = [info["path"] for info in exported.values()]
-    inputs = [Path(m) / "done.json" for m in torch_models] + [Path(m) / "manifest.json" for m in onnx_models]
+    inputs = [cfg.layout.done(s) for s in stages[-1:]] + [Path(m) / "manifest.json" for m in onnx_models]
     reports = [out / "accuracy.json", out / "latency.json"]
-    made_from = {"data": run_relative(root, cfg.run_dir), "split": cfg.bench.split, "limit": cfg.bench.limit,
+    made_from = {"data": cfg.layout.relative(root), "split": cfg.bench.split, "limit": cfg.bench.limit,
                  "max_new_tokens": max_new_tokens, "batch_size": cfg.eval.batch_size,
                  "latency": [cfg.bench.latency_images, cfg.bench.latency_runs, cfg.bench.latency_warmup]}
     if _report_is_current(reports, inputs, torch_models + onnx_models, made_from):

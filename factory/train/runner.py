@@ -27,6 +27,7 @@ from typing import Literal
 from factory import config as config_lib
 from factory.errors import ConfigError, SVLMError
 from factory.evaluate import EvalConfig
+from factory.layout import DONE, MADE_FROM, RunLayout, changes
 from factory.models import ModelConfig
 from factory.train.common import ADAPTER, StageContext
 from factory.train.stages import STAGE_ORDER, StageConfig, resolve_stage, select_stages
@@ -77,6 +78,10 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
     def stage(self, name: str) -> StageConfig:
         return resolve_stage(name, self.train.stages.get(name), self.train.stage_dir)
 
@@ -94,7 +99,7 @@ def base_source(cfg: TrainConfig) -> str:
 
     if cfg.model.source is not None:
         return cfg.model.source
-    out = cfg.run_dir / "base_model"
+    out = cfg.layout.base_model
     want = {"family": cfg.model.family, "size": cfg.model.size, "seed": cfg.model.seed,
             "tokenizer": cfg.model.tokenizer}
     marker = out / "svlm_base.json"
@@ -119,7 +124,7 @@ def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
         parent = stage.parent
         if parent is None or parent in stages:
             continue
-        adapter = cfg.run_dir / parent / ADAPTER
+        adapter = cfg.layout.stage(parent) / ADAPTER
         if not (adapter / "adapter_config.json").is_file():
             first = STAGE_ORDER.index(parent)
             raise ConfigError(
@@ -128,28 +133,17 @@ def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
     return stages
 
 
-MADE_FROM = "made_from.json"  # what a stage is trained from; kept in done.json too
-
-
 def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path, cot_dir: Path) -> dict:
     """What a stage's adapter depends on: its resolved stage config, the shared training knobs, the model
     config and base, the data and CoT folders, and the parent's adapter by content (a retrained parent makes
     its children stale). The eval settings are not in it: they change the figures, not the adapter."""
-    parent = cfg.run_dir / stage.parent / ADAPTER if stage.parent else None
+    layout = cfg.layout
+    parent = layout.stage(stage.parent) / ADAPTER if stage.parent else None
     return {"stage": config_lib.to_dict(stage),
             "train": {k: config_lib.to_dict(cfg.train)[k] for k in ("quantization", "seed", "lora")},
-            "model": config_lib.to_dict(cfg.model), "base": run_relative(base, cfg.run_dir),
-            "data": run_relative(data_root, cfg.run_dir), "cot": run_relative(cot_dir, cfg.run_dir),
+            "model": config_lib.to_dict(cfg.model), "base": layout.relative(base),
+            "data": layout.relative(data_root), "cot": layout.relative(cot_dir),
             "parent_adapter_sha256": _folder_sha256(parent) if parent is not None and parent.is_dir() else None}
-
-
-def run_relative(path: str | Path, run_dir: Path) -> str:
-    """A path as a record keeps it: ``<run>/…`` inside the run folder (so a moved or copied run still matches
-    its records), absolute outside it; a hub id as it is."""
-    if not Path(path).exists():
-        return str(path)
-    resolved, run = Path(path).resolve(), Path(run_dir).resolve()
-    return f"<run>/{resolved.relative_to(run)}" if resolved.is_relative_to(run) else str(resolved)
 
 
 def _folder_sha256(folder: Path) -> str:
@@ -161,35 +155,22 @@ def _folder_sha256(folder: Path) -> str:
     return hashlib.sha256("".join(f"{f.name}:{sha256(f)};" for f in files).encode()).hexdigest()
 
 
-def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ."""
-    keys = sorted(set(have) | set(want))
-    out = []
-    for key in keys:
-        a, b = have.get(key), want.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(prefix + key)
-    return out
-
-
 def _reusable(name: str, out: Path, made_from: dict, overwrite: bool) -> bool:
     """Whether the stage folder's finished result can be reused (True), or the stage must (re)train or
     continue (False). A folder made from other settings or another parent is an error naming the
     differences, unless ``overwrite`` clears it; folders from before the record are reused as they are."""
     recorded = None
-    if (out / "done.json").is_file():
-        recorded = _read_json(out / "done.json").get("made_from")
+    if (out / DONE).is_file():
+        recorded = _read_json(out / DONE).get("made_from")
         if recorded is None:
             return True  # written before stages recorded what they were made from
     elif (out / MADE_FROM).is_file():
         recorded = _read_json(out / MADE_FROM)  # a started, unfinished stage
     if recorded is None:
         return False
-    diff = _differences(recorded, made_from)
+    diff = changes(recorded, made_from)
     if not diff:
-        return (out / "done.json").is_file()
+        return (out / DONE).is_file()
     if not overwrite:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise SVLMError(f"{out} was trained from other settings ({shown} differ); choose another run (--name) or "
@@ -232,9 +213,8 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
     runners = {"sft": run_sft, "grpo": run_grpo}
     names = names if names is not None else select_stages(cfg.train.select)
     stages = plan(cfg, names)
-    run_dir = cfg.run_dir
-    data_root = Path(cfg.data) if cfg.data else run_dir / "data"
-    cot_dir = Path(cfg.cot) if cfg.cot else run_dir / "cot"
+    data_root = Path(cfg.data) if cfg.data else cfg.layout.data
+    cot_dir = Path(cfg.cot) if cfg.cot else cfg.layout.cot
     if not (data_root / "train.json").is_file():
         raise SVLMError(f"no EmoSet train split at {data_root}; set data=ROOT or create it with `svlm run`")
     import torch
@@ -250,11 +230,11 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
         eval_records = eval_records[: cfg.eval.limit]
     results: dict[str, dict] = {}
     for name, stage in stages.items():
-        out = run_dir / name
+        out = cfg.layout.stage(name)
         made_from = _made_from(cfg, stage, base, data_root, cot_dir)
         if _reusable(name, out, made_from, cfg.train.overwrite and state.is_main_process):
-            results[name] = _read_json(out / "done.json")
-            _log(f"{name}: already done, skipped ({out / 'done.json'})")
+            results[name] = _read_json(out / DONE)
+            _log(f"{name}: already done, skipped ({out / DONE})")
             continue
         state.wait_for_everyone()  # rank 0 may have cleared a stale stage folder
         out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +270,7 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
                 "eval": result.metrics(),
                 "train": metrics, "train_seconds": train_seconds, "eval_seconds": round(time.time() - t1, 1),
                 "adapter": str(out / ADAPTER), "curves": str(plot) if plot else None}
-        _write_json(out / "done.json", done)
+        _write_json(out / DONE, done)
         results[name] = done
         m = result.metrics()
         _log(f"{name}: format {m['format_rate']:.1%}, accuracy {m['accuracy']:.1%}, {m['truncation_rate']:.1%} cut at "
