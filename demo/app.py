@@ -135,6 +135,18 @@ def stream(model, image_path: str, max_new_tokens: int = 160, lock: threading.Lo
     yield "done", box["result"]
 
 
+def _readable_only(preprocess, gr):
+    """Gradio's image check, with its error (which names the upload's path on the server) replaced by ours."""
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except Exception:
+            raise gr.Error("That file is not a readable image.") from None
+
+    return checked
+
+
 def _public(message: str) -> str:
     """An error message without the server's paths (a web user sees it): each absolute path becomes its
     file name."""
@@ -196,6 +208,7 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
+                image.preprocess = _readable_only(image.preprocess, gr)
                 choice = gr.Dropdown(list(choices), value=default, label="model variant", elem_id="model")
                 button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 gr.Examples(examples, inputs=image, label="examples (synthetic)")
@@ -226,10 +239,9 @@ def auth_from_env(name: str | None) -> tuple[str, str] | None:
 
 def launch(runs: str = "runs", model: str | None = None, host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, block: bool = True, auth: tuple[str, str] | None = None):
-    """Serve the app; ``auth``: (user, password) the browser must give. Every error of ``analyze`` reaches the
-    user as a ``gr.Error`` without server paths; ``show_error`` stays on for Gradio's own upload checks
-    (their messages name only Gradio's upload folder)."""
+    """Serve the app; ``auth``: (user, password) the browser must give. Users see only ``gr.Error`` messages,
+    which carry no server paths (``show_error`` off: any other exception shows as a bare "Error")."""
     app = build_app(runs, model)
     app.launch(server_name=host, server_port=port, share=share, max_file_size="25mb",
-               prevent_thread_lock=not block, show_error=True, auth=auth)
+               prevent_thread_lock=not block, show_error=False, auth=auth)
     return app

@@ -162,7 +162,7 @@ def _default_choice(app) -> str:
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda d: d / "notes.txt", "cannot identify image file|not a readable image"),  # gradio's check or ours
+    (lambda d: d / "notes.txt", "not a readable image"),  # Gradio's own check, its message replaced
     (lambda d: d / "huge.png", "pixel limit"),
 ])
 def test_bad_images_are_refused_with_a_message(served, tmp_path, make, message):
@@ -175,8 +175,9 @@ def test_bad_images_are_refused_with_a_message(served, tmp_path, make, message):
     else:  # 9000 x 9000 of one colour: a small file, 81 MP once decoded
         Image.new("L", (9000, 9000)).save(path, optimize=True)
     client = Client(url, verbose=False)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(Exception, match=message) as err:
         client.predict(handle_file(str(path)), _default_choice(app), api_name="/analyze")
+    assert str(tmp_path) not in str(err.value) and "/tmp/" not in str(err.value)  # no server paths
 
 
 def test_empty_input_is_refused(served):

@@ -423,3 +423,41 @@ def test_a_report_is_reused_only_when_made_with_the_same_settings(tmp_path):
     assert not _report_is_current([report], [stage / "done.json"], [str(stage), "other"], settings)
     (stage / "done.json").write_text("{}")  # the stage was retrained after the report
     assert not _report_is_current(*args, settings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stages,stage", [("1", "1_sft"), ("1-2", "2_grpo_format")])
+def test_training_killed_with_sigkill_resumes_and_trains_each_step_once(tmp_path, synth_root, cot_dir,
+                                                                       small_tiny_dirs, stages, stage):
+    """A real SIGKILL of `svlm train` once the stage has a checkpoint (no exception, no clean-up): the rerun
+    resumes from a saved checkpoint, finishes the stage and logs every step once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 30
+    argv = ["train", "--stages", stages, "--output-dir", str(tmp_path), "--name", "k", "--data", str(synth_root),
+            "--cot", str(cot_dir), "-q", f"model.source={small_tiny_dirs('internvl')}", "train.lora.r=4",
+            "eval.limit=2", "eval.max_new_tokens=4", "train.stages.1_sft.batch_size=2",
+            "train.stages.2_grpo_format.batch_size=4", "train.stages.2_grpo_format.num_generations=2",
+            "train.stages.2_grpo_format.max_completion_length=8",
+            f"train.stages.{stage}.max_steps={steps}", f"train.stages.{stage}.save_steps=2"]
+    if stage != "1_sft":
+        argv.append("train.stages.1_sft.max_steps=2")
+    proc = subprocess.Popen([sys.executable, "-m", "factory.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = tmp_path / "k" / stage / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = tmp_path / "k" / stage
+    assert not (out / "done.json").exists()
+    assert main(argv) == 0
+    done = json.loads((out / "done.json").read_text())
+    assert "checkpoint-" in (done["train"]["resumed_from"] or "")
+    logged = [r["step"] for r in json.loads((out / "log_history.json").read_text()) if "loss" in r]
+    assert logged == sorted(set(logged)) and max(logged) == steps
