@@ -48,10 +48,12 @@ class RunLayout:
         return self.root / name / DONE
 
     def finished(self) -> list[str]:
-        """The finished stages, in training order."""
-        from factory.train.stages import STAGE_ORDER
-
-        return [s for s in STAGE_ORDER if self.done(s).is_file()]
+        """The finished stages, in training order: stage folders are named ``<index>_<name>`` (the stage
+        table's names), so the index orders them without the layout importing the training code."""
+        if not self.root.is_dir():
+            return []
+        stages = [d.name for d in self.root.iterdir() if d.name.split("_", 1)[0].isdigit() and (d / DONE).is_file()]
+        return sorted(stages, key=lambda name: (int(name.split("_", 1)[0]), name))
 
     def packages(self) -> list[Path]:
         """The exported packages (folders with a manifest)."""

@@ -49,3 +49,14 @@ def test_finished_stages_come_in_training_order(tmp_path):
         layout.stage(name).mkdir()
         (layout.stage(name) / "done.json").write_text("{}")
     assert layout.finished() == ["0_baseline", "2_grpo_format"]
+
+
+def test_the_folder_index_orders_the_stages_as_the_stage_table_does(tmp_path):
+    from factory.train.stages import STAGE_ORDER
+
+    layout = RunLayout(tmp_path / "run")
+    assert layout.finished() == []  # no run folder yet
+    for name in reversed(STAGE_ORDER):
+        layout.stage(name).mkdir(parents=True)
+        (layout.stage(name) / "done.json").write_text("{}")
+    assert layout.finished() == list(STAGE_ORDER)
