@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory import stats
-from factory.files import write_json, write_text
+from factory.files import write_report
 from factory.prompts import EMOTIONS
 
 
@@ -151,9 +151,7 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, out: Path, plots: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "accuracy.json", report)
-    write_text(out / "accuracy.md", markdown(report))
+    write_report(out, "accuracy", report, markdown(report))
     if not plots:
         return
     import matplotlib

@@ -11,10 +11,10 @@ arrays. Issue 14's budget is 10 % of the decoder's time. Writes ``decode_overhea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from factory.files import write_report
 
 
 class _Timed:
@@ -81,10 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench")
     a = ap.parse_args(argv)
     rows = [measure(p, a.images, a.tokens, a.runs, a.threads) for p in a.packages]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "decode_overhead.json").write_text(json.dumps(rows, indent=2))
-    (out / "decode_overhead.md").write_text(markdown(rows))
+    write_report(a.out, "decode_overhead", rows, markdown(rows))
     print(markdown(rows))
     return 0
 

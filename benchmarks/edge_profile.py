@@ -18,6 +18,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from factory.files import write_report
+
 import numpy as np
 
 
@@ -166,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               "scaling_package": Path(last).name, "scaling_threads": threads,
               "prefill_by_image_tokens": prefill_by_image_tokens(last, args.runs, threads, args.image_tokens),
               "op_profile": op_profile(last, args.images[0], threads)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(report, indent=2))
-    (out / "profile.md").write_text(markdown(report))
+    write_report(args.out, "profile", report, markdown(report))
     print(markdown(report))
     return 0
 

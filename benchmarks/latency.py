@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from factory.files import write_json, write_text
+from factory.files import write_report
 
 
 def sample_images(data: str | Path, split: str, n: int) -> list[str]:
@@ -127,8 +127,7 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, out: Path) -> None:
-    write_json(out / "latency.json", report)
-    write_text(out / "latency.md", markdown(report))
+    write_report(out, "latency", report, markdown(report))
     acc_path = out / "accuracy.json"
     if not acc_path.is_file():
         return

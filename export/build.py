@@ -354,8 +354,8 @@ def _check_out(out: Path, cfg: ExportConfig, base: str, adapter: Path | None) ->
 
         run = Path(cfg.run).resolve()
         guarded.append(("the run folder", run, True))
-        guarded += [("the stage folder", RunLayout(run).stage(s), False) for s in STAGE_ORDER
-                    if RunLayout(run).stage(s).is_dir()]
+        stage_dirs = [RunLayout(run).stage(s) for s in STAGE_ORDER]
+        guarded += [("the stage folder", d, False) for d in stage_dirs if d.is_dir()]
     if adapter is not None:
         guarded.append(("the stage folder", adapter.resolve().parent, False))
     if Path(base).is_dir():

@@ -32,6 +32,14 @@ def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent))
 
 
+def write_report(out: str | Path, stem: str, report, markdown: str) -> None:
+    """A benchmark's ``<stem>.json`` and ``<stem>.md`` in ``out`` (made if missing), each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", report)
+    write_text(out / f"{stem}.md", markdown)
+
+
 _held: set[str] = set()  # folders this process holds the lock of
 
 
