@@ -26,17 +26,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from factory.errors import SVLMError
 from factory.layout import RunLayout
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
+from export.layouts import LAYOUTS, QUANTS
 from svlm_runtime.package import FORMAT_VERSION, MANIFEST, sha256
-
-QUANTS = ("fp32", "int8", "int4")
-
 
 class ExportError(SVLMError):
     """The export could not be built or did not validate; nothing was written."""
@@ -47,8 +45,9 @@ class ExportConfig:
     run: str | None = None  # a training run folder (runs/NAME)
     stage: str | None = None  # its stage to export; None: the last finished stage
     model: str | None = None  # or a plain checkpoint (hub id / folder) with no adapter
-    out: str | None = None  # default: <run>/export
-    quant: list[str] = field(default_factory=lambda: list(QUANTS))
+    out: str | None = None  # default: <run>/export (layout svlm), <run>/export-<layout> (the others)
+    layout: str = "svlm"  # which runtime the packages are for (``LAYOUTS``)
+    quant: list[str] | None = None  # a subset of the layout's quantizations; None: all of them
     block_size: int = 32  # int4 MatMulNBits block size
     # int4 MatMulNBits compute precision (onnxruntime's accuracy_level): 4 = int8 activations, the fast CPU
     # path; 1 = fp32 (slower, closest to the fp32 graph); 0 leaves it unset (onnxruntime then computes in fp32)
@@ -58,9 +57,14 @@ class ExportConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        bad = [q for q in self.quant if q not in QUANTS]
+        if self.layout not in LAYOUTS:
+            raise ExportError(f"unknown layout {self.layout!r}; layouts: {', '.join(LAYOUTS)}")
+        offered = LAYOUTS[self.layout].quants
+        if self.quant is None:
+            self.quant = list(offered)
+        bad = [q for q in self.quant if q not in offered]
         if bad or not self.quant:
-            raise ExportError(f"quant must be a subset of {list(QUANTS)}, got {self.quant}")
+            raise ExportError(f"quant for layout {self.layout} must be a subset of {list(offered)}, got {self.quant}")
         if (self.run is None) == (self.model is None):
             raise ExportError("give either --run (with --stage) or --model")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
@@ -375,7 +379,7 @@ def export(cfg: ExportConfig) -> dict:
     finds ``<out>`` missing and ``<out>.old`` present, and puts it back first. Folders are only replaced or
     removed when the export made them (``MARK``)."""
     base, adapter, provenance = resolve_source(cfg)
-    out = Path(cfg.out) if cfg.out else RunLayout(Path(cfg.run)).export
+    out = Path(cfg.out) if cfg.out else RunLayout(Path(cfg.run)).export_for(cfg.layout)
     _check_out(out, cfg, base, adapter)
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     if not out.exists() and old.is_dir() and _made_by_export(old):
@@ -394,7 +398,7 @@ def export(cfg: ExportConfig) -> dict:
     tmp.mkdir(parents=True)
     (tmp / MARK).write_text("written by svlm export; the folder may be replaced by the next svlm export --overwrite\n")
     try:
-        manifests = _build(cfg, base, adapter, provenance, tmp)
+        manifests = _builder(cfg.layout)(cfg, base, adapter, provenance, tmp)
     except BaseException:  # a failed or interrupted build leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -406,6 +410,13 @@ def export(cfg: ExportConfig) -> dict:
         tmp.rename(out)
     _log(f"wrote {', '.join(str(out / q) for q in manifests)}")
     return manifests
+
+
+def _builder(layout: str):
+    import importlib
+
+    module, _, function = LAYOUTS[layout].builder.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> dict:

@@ -155,11 +155,11 @@ def cmd_export(args) -> int:
 
     quant = args.quant.split(",") if args.quant else None
     cfg = config_lib.load(ExportConfig, args.config, _overrides(args, {
-        "run": "run", "stage": "stage", "model": "model", "out": "out", "block_size": "block_size",
+        "run": "run", "stage": "stage", "model": "model", "out": "out", "layout": "layout", "block_size": "block_size",
         "accuracy_level": "accuracy_level",
         "overwrite": "overwrite"}) + ([f"quant={json.dumps(quant)}"] if quant else []))
     manifests = export(cfg)
-    for quant, m in manifests.items():
+    for quant, m in manifests.items():  # every layout's manifest carries these validation figures
         v = m["validation"]
         print(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB; max |Δlogits| vs PyTorch {v['max_abs_logit_diff']:.2e}; "
               f"greedy tokens identical {v['greedy_tokens_identical']:.0%}; labels agree: {agreement_text(v)}")
@@ -304,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="stage to export (default: the last finished one)")
     p.add_argument("--model", help="or a checkpoint (hub id or folder) to export without an adapter")
     p.add_argument("--out", help="output folder (default <run>/export); built in <out>.tmp, renamed when valid")
-    p.add_argument("--quant", help="comma-separated subset of fp32,int8,int4 (default all)")
+    from export.layouts import LAYOUTS
+
+    p.add_argument("--layout", choices=list(LAYOUTS), help="who runs the packages: " + "; ".join(
+        f"{name}: {layout.runs_with}" for name, layout in LAYOUTS.items()) + " (default svlm)")
+    p.add_argument("--quant", help="comma-separated subset of the layout's quantizations (svlm: fp32,int8,int4; "
+                   "default all)")
     p.add_argument("--block-size", dest="block_size", type=int, help="int4 MatMulNBits block size (default 32)")
     p.add_argument("--accuracy-level", dest="accuracy_level", type=int, choices=range(5),
                    help="int4 MatMulNBits compute precision: 4 int8 (default, fast on CPU), 1 fp32, 0 unset")

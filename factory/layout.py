@@ -41,6 +41,11 @@ class RunLayout:
     export = property(lambda self: self.root / "export")
     bench = property(lambda self: self.root / "bench")
 
+    def export_for(self, layout: str) -> Path:
+        """Where ``svlm export --layout LAYOUT`` writes by default: ``export/`` for the project's own layout,
+        ``export-<layout>/`` for the others (so that exporting one layout never replaces another)."""
+        return self.export if layout == "svlm" else self.root / f"export-{layout}"
+
     def stage(self, name: str) -> Path:
         return self.root / name
 
