@@ -68,6 +68,63 @@ def test_sampled_tokens_have_the_same_logprobs_under_copy_and_policy(tiny_dirs, 
     assert "generate" not in policy.__dict__  # the routing is scoped
 
 
+@pytest.mark.parametrize("family", ["internvl", "qwen2vl", "smolvlm"])
+def test_chunked_rollouts_generate_what_one_batch_does(tiny_dirs, family):
+    """``rollout_batch_size``: 5 sequences in chunks of 2 (2 + 2 + 1) give the greedy tokens of one batch of 5,
+    each sequence with its own image (Qwen2-VL's flattened patches are cut by ``image_grid_thw``), and the
+    chunks reach ``generate`` at most 2 at a time."""
+    from factory.train.rollout import split_rows
+
+    policy, processor = _policy(tiny_dirs, family)
+    inputs = _inputs(processor, n=5)
+    whole, chunked = RolloutCopy(policy), RolloutCopy(policy, batch_size=2)
+    sizes, real = [], chunked.model.generate
+    chunked.model.generate = lambda **kw: sizes.append(kw["input_ids"].shape[0]) or real(**kw)
+    with torch.no_grad():
+        want = whole.generate(**inputs, max_new_tokens=6, do_sample=False)
+        got = chunked.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert sizes == [2, 2, 1]
+    assert torch.equal(got, want)
+    # every chunk holds its own sequences' image tensors, so distinct images give distinct tensors per chunk
+    parts = split_rows(dict(inputs), 5, 2)
+    assert torch.equal(torch.cat([c["pixel_values"] for c in parts]), inputs["pixel_values"])
+    assert [c["input_ids"].shape[0] for c in parts] == [2, 2, 1]
+    if "image_grid_thw" in inputs:
+        per_image = inputs["image_grid_thw"].prod(-1)
+        assert [c["pixel_values"].shape[0] for c in parts] == [int(per_image[:2].sum()), int(per_image[2:4].sum()),
+                                                               int(per_image[4])]
+
+
+def test_rows_that_cannot_be_told_apart_are_not_split():
+    """A tensor that is neither per sequence nor cut by an image grid (several images in one sequence) leaves
+    the batch whole: splitting it by position would pair sequences with other sequences' images."""
+    from factory.train.rollout import split_rows
+
+    ids = torch.zeros(4, 3, dtype=torch.long)
+    assert split_rows({"input_ids": ids, "pixel_values": torch.zeros(6, 3)}, 4, 2) is None
+    assert split_rows({"input_ids": ids, "image_grid_thw": torch.ones(8, 3, dtype=torch.long),
+                       "pixel_values": torch.zeros(8, 3)}, 4, 2) is None
+    chunks = split_rows({"input_ids": ids, "max_new_tokens": 5}, 4, 3)
+    assert [c["input_ids"].shape[0] for c in chunks] == [3, 1] and chunks[1]["max_new_tokens"] == 5
+
+
+def test_chunks_that_stop_early_are_padded():
+    """Chunks of different lengths come back as one tensor, the short ones padded with the pad token."""
+    copy = RolloutCopy.__new__(RolloutCopy)
+    copy.batch_size = 2
+    outs = iter([torch.ones(2, 5, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)])
+
+    class Model:
+        generation_config = type("C", (), {"pad_token_id": 7, "eos_token_id": 9})()
+
+        def generate(self, **kw):
+            return next(outs)
+
+    copy.model = Model()
+    got = copy.generate(input_ids=torch.zeros(3, 2, dtype=torch.long))
+    assert got.shape == (3, 5) and got[2].tolist() == [1, 1, 1, 7, 7]
+
+
 @pytest.mark.parametrize("modules_to_save", [["lm_head"], ["multi_modal_projector"]])
 def test_copy_follows_the_adapter_after_an_optimizer_step(tiny_dirs, modules_to_save):
     # multi_modal_projector is a module with children: its trained copy must reach the dense copy too
@@ -285,7 +342,7 @@ def test_grpo_rollouts_with_a_static_cache_refresh_once_per_optimizer_step(tmp_p
     train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     trainer = trainers[0]
     assert type(trainer).__name__ == "FastRolloutGRPOTrainer"
-    assert trainer.rollout_options == {"static_cache": True}
+    assert trainer.rollout_options == {"static_cache": True, "batch_size": None}
     # one copy; 2 optimizer steps × 2 rollouts, all on the copy; refreshed at its build (None) and once after
     # each optimizer step that a rollout followed (step 1), not again for a step's second rollout
     assert len(copies) == 1 and generations[0] == [6, 6, 6, 6]

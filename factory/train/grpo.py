@@ -67,7 +67,8 @@ def build_grpo_trainer(ctx: StageContext):
 
         check_supported(model)  # before training starts, not at the first rollout
         trainer_cls = fast_grpo_trainer_class()
-        trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda()}
+        trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda(),
+                                       "batch_size": ctx.stage.rollout_batch_size}
     trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,
                           train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
     keep_trainable_fp32(trainer.model)

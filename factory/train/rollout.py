@@ -11,6 +11,10 @@ modules (vision tower, projector, embeddings, norms) are shared with the trainin
 
 The trainer change is a scoped patch: during trl's own generation step, the unwrapped model's
 ``generate`` is routed to the copy; nothing of trl's generation code is copied.
+
+``batch_size`` (the stage's ``rollout_batch_size``) caps how many sequences generate at once: trl hands
+``generate`` a whole generation batch (prompts × G per optimizer step), and the static KV cache of 128
+sequences × 1.3k tokens is ~4.8 GB on a 2B shape. Chunks of equal size reuse one compiled graph.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class RolloutCopy:
     """A dense copy of a PEFT policy (base + merged LoRA), kept in sync with ``refresh``."""
 
     def __init__(self, peft_model, dtype: torch.dtype | None = None, static_cache: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, batch_size: int | None = None):
         from peft.tuners.lora import LoraLayer
 
         check_supported(peft_model)
@@ -137,6 +141,7 @@ class RolloutCopy:
             copy.generation_config.cache_implementation = "static"
         self.model = copy
         self.compile = compile
+        self.batch_size = batch_size
         self.step: int | None = None
         self.refresh(peft_model)
 
@@ -155,12 +160,26 @@ class RolloutCopy:
             target.copy_(source.to(self.dtype))
         self.step = step
 
+    def generate(self, **inputs) -> torch.Tensor:
+        """``generate`` on the copy, ``batch_size`` sequences at a time (all at once when the inputs cannot be
+        split by sequence); chunks that stop early are padded to the longest with the pad token."""
+        rows = inputs["input_ids"].shape[0]
+        chunks = split_rows(inputs, rows, self.batch_size) if self.batch_size and self.batch_size < rows else None
+        if chunks is None:
+            return self.model.generate(**inputs)
+        outs = [self.model.generate(**chunk) for chunk in chunks]
+        width = max(o.shape[1] for o in outs)
+        config = inputs.get("generation_config") or self.model.generation_config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=pad) for o in outs])
+
     @contextlib.contextmanager
     def serving(self, model):
         """Within the block, ``model.generate`` runs on the copy (restored afterwards)."""
         had = "generate" in model.__dict__
         old = model.__dict__.get("generate")
-        model.generate = self.model.generate
+        model.generate = self.generate
         try:
             yield
         finally:
@@ -168,6 +187,31 @@ class RolloutCopy:
                 model.generate = old
             else:
                 del model.generate
+
+
+def split_rows(inputs: dict, rows: int, size: int) -> list[dict] | None:
+    """``generate`` inputs cut into chunks of ``size`` sequences, or None when a tensor cannot be assigned to
+    sequences. Per-sequence tensors have ``rows`` first; Qwen2-VL's flattened patches follow ``image_grid_thw``
+    (one image per sequence: each image's patch count is the product of its grid)."""
+    grid = inputs.get("image_grid_thw")
+    if grid is not None and grid.shape[0] != rows:
+        return None  # several images in a sequence: not split
+    patch_ends = torch.cumsum(grid.prod(-1), 0).tolist() if grid is not None else None
+    chunks = []
+    for start in range(0, rows, size):
+        end = min(start + size, rows)
+        chunk = {}
+        for key, value in inputs.items():
+            if not isinstance(value, torch.Tensor):
+                chunk[key] = value
+            elif key == "pixel_values" and patch_ends is not None:
+                chunk[key] = value[(patch_ends[start - 1] if start else 0):patch_ends[end - 1]]
+            elif value.shape[0] == rows:
+                chunk[key] = value[start:end]
+            else:
+                return None
+        chunks.append(chunk)
+    return chunks
 
 
 def fast_grpo_trainer_class():

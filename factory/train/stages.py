@@ -75,6 +75,9 @@ class StageConfig:
     # training model is already dense and a copy only costs memory).
     rollout: Literal["auto", "trl", "dense"] = "auto"
     rollout_static_cache: bool = True  # dense rollouts: a static KV cache, which transformers compiles on CUDA
+    # dense rollouts: sequences generated at once (None: the whole generation batch). Caps the KV cache: a
+    # 2B shape at 16 prompts × G=8 × 1024 tokens holds ~4.8 GB of static cache in one batch.
+    rollout_batch_size: int | None = None
     trl: dict = field(default_factory=dict)  # any other SFTConfig/GRPOConfig argument, passed through as is
 
     def __post_init__(self):
@@ -110,6 +113,9 @@ class StageConfig:
                     f"a multiple of num_generations={self.num_generations}; set batch_size to a multiple of "
                     f"{self.num_generations} (e.g. {2 * self.num_generations} for 2 prompts per step)")
             self._check_clip()
+        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
+            raise ConfigError(f"rollout_batch_size must be ≥ 1 (or null: the whole generation batch), got "
+                              f"{self.rollout_batch_size}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("set max_steps > 0 or epochs > 0")
 
