@@ -22,4 +22,6 @@ class Layout:
 #: build-then-rename of ``export``; only what is written differs.
 LAYOUTS: dict[str, Layout] = {
     "svlm": Layout("export.build:_build", QUANTS, "svlm-runtime (onnxruntime alone)"),
+    "transformers.js": Layout("export.transformersjs:build", QUANTS,
+                              "transformers.js 4.3.1 in Node or a browser (SmolVLM; dtypes fp32, int8, q4)"),
 }

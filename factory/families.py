@@ -67,6 +67,9 @@ class OnnxSplit:
     image_spec: Callable[[Any], dict] | None = None
     unsupported: str | None = None  # why `svlm export` refuses this family (None: supported)
     tolerance: float = 1e-4  # fp32 ONNX vs PyTorch: max |Δlogits| the export accepts
+    # why `svlm export --layout transformers.js` refuses this family (None: transformers.js has a model class
+    # and processor that load its graphs, checked in its source and tested in Node and a browser)
+    transformers_js_unsupported: str | None = "no transformers.js layout has been written for this family"
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,11 @@ FAMILIES: dict[str, Family] = {
             # One 448x448 tile (256 tokens) on InternVL3 instead of up to 12 tiles + thumbnail.
             image_policy={"crop_to_patches": False, "max_patches": 1},
             onnx=OnnxSplit(vision="model.vision_tower", projector="model.multi_modal_projector",
-                           image_features=_internvl_image_features, image_spec=_internvl_image_spec),
+                           image_features=_internvl_image_features, image_spec=_internvl_image_spec,
+                           transformers_js_unsupported=(
+                               "transformers.js 4.3.1 has no InternVL model class (its registry maps no "
+                               "'internvl' model type) and no processor that expands <IMG_CONTEXT>; export the "
+                               "svlm layout, or a SmolVLM model, for the browser")),
             build_tiny=_build_internvl,
         ),
         Family(
@@ -397,7 +404,8 @@ FAMILIES: dict[str, Family] = {
             # A single global image (64 tokens on SmolVLM-256M) instead of a grid of 512px crops.
             image_policy={"do_image_splitting": False},
             onnx=OnnxSplit(vision="model.vision_model", projector="model.connector", text_model="model.text_model",
-                           image_features=_smolvlm_image_features, image_spec=_smolvlm_image_spec),
+                           image_features=_smolvlm_image_features, image_spec=_smolvlm_image_spec,
+                           transformers_js_unsupported=None),  # its Idefics3 / SmolVLM classes
             build_tiny=_build_smolvlm,
         ),
         Family(
