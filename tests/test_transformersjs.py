@@ -9,6 +9,7 @@ trained to answer ``<answer>label</answer>``, all three dtypes on 32 held-out im
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -123,6 +124,9 @@ def test_decoder_keeps_the_last_k_logits_and_builds_its_cache_from_batch_size(ra
     assert logits[1].shape[:2] == (2, 1) and logits[3].shape[:2] == (2, 3)
     np.testing.assert_allclose(logits[3], logits[0][:, -3:], atol=1e-5)
     np.testing.assert_allclose(logits[1], logits[0][:, -1:], atol=1e-5)
+    # transformers.js resolves only the symbol "batch_size" to the batch (modeling_utils.js, addPastKeyValues)
+    past = [i for i in runner.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+    assert past and all(i.shape[0] == "batch_size" for i in past)
     cache = runner._empty_cache(2)
     assert all(v.shape[0] == 2 and v.shape[2] == 0 for v in cache.values())
     assert sorted(cache) == sorted(f"past_key_values.{i}.{kv}" for i in range(manifest["text"]["layers"])
@@ -173,3 +177,89 @@ def test_missing_transformers_js_fails_where_it_is_required(monkeypatch, require
         monkeypatch.delenv("SVLM_REQUIRE_NODE", raising=False)
     with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception):
         require_transformers_js()
+
+
+# --- slow: a tiny SmolVLM that answers with labels, all dtypes, 32 held-out images ------------------------------
+@pytest.fixture(scope="module")
+def trained_export(tiny_dirs, synth_root, tmp_path_factory):
+    """A tiny real-tokenizer SmolVLM whose label-only baseline (conftest's ``train_label_adapter``, finished by
+    ``svlm train``) answers ``<answer>label</answer>``, exported with ``--layout transformers.js`` (all dtypes)."""
+    from conftest import train_label_adapter
+
+    from export.build import ExportConfig, export
+    from factory import config as config_lib
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path_factory.mktemp("tjs_runs")), "name": "smol", "data": str(synth_root),
+        "model": {"source": str(tiny_dirs("smolvlm"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
+    train_label_adapter(str(tiny_dirs("smolvlm")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
+    train(cfg, ["0_baseline"], progress=False)
+    manifests = export(ExportConfig(run=str(cfg.run_dir), layout="transformers.js", max_new_tokens=12))
+    return cfg.run_dir, cfg.run_dir / "export-transformers.js", manifests
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """32 synthetic images the model never saw (another seed), spread over the 8 emotions."""
+    from factory.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("held_out") / "d"
+    generate(SynthConfig(out=str(root), n=48, seed=11, image_size=48), progress=False)
+    paths = sorted((root / "image").rglob("*.jpg"))
+    return paths[::len(paths) // 32][:32]
+
+
+@pytest.mark.slow
+def test_transformers_js_matches_pytorch_on_32_images_at_every_dtype(trained_export, held_out, tmp_path):
+    """In Node, per dtype (fp32, int8, q4): the library's prompt ids are Python's; with Python's pixel values its
+    greedy tokens are PyTorch's (a divergence counts only at a PyTorch top-2 tie, export.compare's rule); with its
+    own preprocessing (sharp) its labels agree with PyTorch's on ≥ 90 % of the images where PyTorch gave one. The
+    pixel gap between the two preprocessings is measured and printed."""
+    from PIL import Image
+
+    from export.build import _torch_reference, merge
+    from export.compare import first_divergence, until_eos
+    from factory.prompts import parse_answer, question
+    from factory.train.common import stage_source
+
+    run, out, manifests = trained_export
+    base, adapter, style = stage_source(run / "0_baseline")
+    model, processor, _, _ = merge(base, adapter, tmp_path / "merged")
+    images = [Image.open(p).convert("RGB") for p in held_out]
+    refs = _torch_reference(model, processor, images, 12, style)
+    prompt, ids, pixels = python_side(processor, held_out, style)
+    result = run_node(out, held_out, pixels, list(DTYPE_OF.values()), question(style), 12, tmp_path / "node")
+    assert result["prompt"] == prompt and result["prompt_ids"] == ids
+
+    eos = set(json.loads((out / "generation_config.json").read_text())["eos_token_id"])
+    want = [until_eos(r["tokens"], eos) for r in refs]
+    torch_labels = [parse_answer(processor.tokenizer.decode(w, skip_special_tokens=True)).label for w in want]
+    valid = [i for i, label in enumerate(torch_labels) if label is not None]
+    assert len(valid) >= 24, f"PyTorch gave a valid label on only {len(valid)} of 32 images: agreement says little"
+    print(f"\nPyTorch labels on the 32 held-out images: {sorted(collections.Counter(torch_labels).items(), key=str)}")
+    assert len(set(torch_labels)) >= 3  # answers that depend on the image, so that agreeing means something
+
+    own = np.stack([np.fromfile(f, np.float32) for f in result["own_pixels"]])
+    python = np.stack([p.ravel() for p in pixels])
+    assert own.shape == python.shape
+    gap = np.abs(own - python) / (2 / 255)  # in grey levels: mean = std = 0.5, so one level is 2/255
+    print(f"\npixel gap, library (sharp + bilinear on floats) vs Python processor, in grey levels: max "
+          f"{gap.max():.1f}, mean {gap.mean():.2f}, 99th percentile {np.percentile(gap, 99):.1f}")
+    for quant, dtype in DTYPE_OF.items():
+        r = result["dtypes"][dtype]
+        same = 0
+        for ref, w, got in zip(refs, want, r["python_pixels"]):
+            g = until_eos(got["tokens"], eos)
+            first = first_divergence(g, w)
+            same += g == w or (first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < 1e-4)
+            assert got["text"] == processor.tokenizer.decode(g, skip_special_tokens=True)  # the library's decode
+        labels = [parse_answer(x["text"]).label for x in r["own_preprocessing"]]
+        agree = sum(labels[i] == torch_labels[i] for i in valid) / len(valid)
+        ms = np.median([x["ms"] for x in r["own_preprocessing"]])
+        print(f"{quant} ({dtype}): greedy tokens = PyTorch's with Python pixels on {same}/32; labels with the "
+              f"library's preprocessing agree on {agree:.0%} of {len(valid)}; export validation "
+              f"{manifests[quant]['validation']['greedy_tokens_identical']:.0%} tokens identical; load "
+              f"{r['load_ms']:.0f} ms, median generate {ms:.0f} ms")
+        assert same == 32, f"{quant}: transformers.js tokens differ from PyTorch's on {32 - same} of 32 images"
+        assert agree >= 0.9, f"{quant}: labels agree on {agree:.0%} of {len(valid)} images (need ≥ 90 %)"
