@@ -28,7 +28,7 @@ EXAMPLES_PER_CLASS = 1
 
 
 def find_models(runs: str | Path = "runs") -> dict[str, str]:
-    """Display name → path for every ONNX package and finished stage under ``runs``, newest run first,
+    """Display name → path for every ONNX and GGUF package and finished stage under ``runs``, newest run first,
     int8 ONNX first within a run (the default)."""
     root = Path(runs)
     if not root.is_dir():
@@ -39,6 +39,10 @@ def find_models(runs: str | Path = "runs") -> dict[str, str]:
         packages = sorted(RunLayout(run).packages(), key=lambda p: rank.get(p.name, 9))
         for pkg in packages:
             found[f"{run.name} · ONNX {pkg.name}"] = str(pkg)
+        # GGUF packages (svlm export --layout gguf) run in llama.cpp through llama-cpp-python
+        gguf = RunLayout(run).export_for("gguf")
+        for pkg in sorted(m.parent for m in gguf.glob("*/manifest.json")):
+            found[f"{run.name} · GGUF {pkg.name} (llama.cpp)"] = str(pkg)
         for stage in reversed(RunLayout(run).finished()):
             found[f"{run.name} · {stage} (PyTorch)"] = str(RunLayout(run).stage(stage))
     return found

@@ -24,4 +24,6 @@ LAYOUTS: dict[str, Layout] = {
     "svlm": Layout("export.build:_build", QUANTS, "svlm-runtime (onnxruntime alone)"),
     "transformers.js": Layout("export.transformersjs:build", QUANTS,
                               "transformers.js 4.3.1 in Node or a browser (SmolVLM; dtypes fp32, int8, q4)"),
+    "gguf": Layout("export.gguf:build", ("f16", "q8_0", "q4_k_m"),
+                   "llama.cpp (llama-mtmd-cli, llama-cpp-python), Ollama, LM Studio (InternVL, Qwen2-VL)"),
 }

@@ -73,6 +73,30 @@ class OnnxSplit:
 
 
 @dataclass(frozen=True)
+class GgufSupport:
+    """How ``svlm export --layout gguf`` hands a family to llama.cpp (``export/gguf.py``): what its converter
+    must see in a staged copy of the checkpoint, where llama.cpp puts the image in the prompt, and how its
+    runtime is held to the family's image policy. ``unsupported``: why the layout refuses the family."""
+
+    # the rendered prompt's image placeholder: llama.cpp's multimodal tokenizer puts the image (with the
+    # family's begin / end tokens, which it adds itself) where this text stood
+    image_text: str = ""
+    # image processor (policy applied) -> the resize the processor does before its encoder, as the manifest's
+    # ``image.resize`` (svlm_runtime/gguf.py does it with Pillow, so llama.cpp's own resize is a no-op)
+    resize: Callable[[Any], dict] | None = None
+    # image processor -> llama.cpp's (image_min_tokens, image_max_tokens) for the policy; None: fixed count
+    image_tokens: Callable[[Any], tuple[int, int]] | None = None
+    # the staged copy the converter reads: config section -> architectures it must name, top-level config
+    # keys to write, and tensor-name prefixes to rename (old, new)
+    architectures: tuple[tuple[str, str], ...] = ()
+    config: tuple[tuple[str, Any], ...] = ()
+    tensor_prefixes: tuple[tuple[str, str], ...] = ()
+    # the chat format as an Ollama Modelfile TEMPLATE (Go template), the same turns as the chat template
+    ollama_template: str = ""
+    unsupported: str | None = "no GGUF (llama.cpp) layout has been validated for this family"
+
+
+@dataclass(frozen=True)
 class RealCheckpoint:
     """The family's reference checkpoint: its non-weight files, shipped in ``factory/assets/hf/<assets>``
     (tokenizer, chat template, image-processor settings, generation config; see PROVENANCE.md there), and
@@ -131,6 +155,7 @@ class Family:
     onnx: OnnxSplit
     build_tiny: Callable[["Family", str, TinyParts], tuple[Any, Any]] = field(repr=False, compare=False)
     tiny_sizes: tuple[str, ...] = ("tiny", "small")
+    gguf: GgufSupport = GgufSupport()  # svlm export --layout gguf
 
     def model_cls(self):
         import transformers
@@ -248,6 +273,34 @@ def _smolvlm_image_spec(ip) -> dict:
     return {"kind": "longest_edge_square", "longest_edge": int(size["longest_edge"] if isinstance(size, dict)
                                                                else size.longest_edge),
             "side": int(square["longest_edge"]), **_normalization(ip)}
+
+
+# --- GGUF: the processor's resize and llama.cpp's image-token budget, read from the image processor -------
+def _ollama_chatml(default_system: str | None) -> str:
+    """ChatML as an Ollama TEMPLATE; ``default_system``: the system turn the chat template adds when none is given."""
+    fallback = f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else ""
+    return ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n" + fallback + "{{ end }}"
+            "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+            "<|im_start|>assistant\n")
+
+
+def _qwen2vl_gguf_resize(ip) -> dict:
+    """Qwen2-VL's smart resize: sides multiples of patch x merge, the area within the size's pixel bounds."""
+    return {"kind": "smart_resize", "factor": ip.patch_size * ip.merge_size, "min_pixels": int(ip.size.shortest_edge),
+            "max_pixels": int(ip.size.longest_edge), "resample": int(ip.resample)}
+
+
+def _qwen2vl_gguf_tokens(ip) -> tuple[int, int]:
+    """One image token per merged patch: the pixel bounds divided by (patch x merge)²."""
+    cell = (ip.patch_size * ip.merge_size) ** 2
+    return int(ip.size.shortest_edge) // cell, int(ip.size.longest_edge) // cell
+
+
+def _internvl_gguf_resize(ip) -> dict:
+    """One tile (the image policy): the whole image resized to height x width."""
+    if ip.crop_to_patches:
+        raise SVLMError("the GGUF layout validates InternVL's single-tile policy; crop_to_patches must be off")
+    return {"kind": "fixed", "height": int(ip.size.height), "width": int(ip.size.width), "resample": int(ip.resample)}
 
 
 # --- tiny builders --------------------------------------------------------------------------------------
@@ -381,6 +434,16 @@ FAMILIES: dict[str, Family] = {
                                "'internvl' model type) and no processor that expands <IMG_CONTEXT>; export the "
                                "svlm layout, or a SmolVLM model, for the browser")),
             build_tiny=_build_internvl,
+            # transformers' InternVL layout is not registered in llama.cpp's converter: the staged copy names the
+            # original InternVL's classes and tensor prefixes (without the prefixes the mmproj file is written
+            # with 0 tensors and no error), and one dynamic patch (llama.cpp would add tiles and a thumbnail)
+            gguf=GgufSupport(image_text="<IMG_CONTEXT>", resize=_internvl_gguf_resize,
+                             ollama_template=_ollama_chatml(None),
+                             architectures=(("text_config", "Qwen2ForCausalLM"), ("vision_config", "InternVisionModel")),
+                             config=(("min_dynamic_patch", 1), ("max_dynamic_patch", 1)),
+                             tensor_prefixes=(("vision_tower.", "model.vision_tower."),
+                                              ("multi_modal_projector.", "model.multi_modal_projector.")),
+                             unsupported=None),
         ),
         Family(
             name="smolvlm",
@@ -407,6 +470,9 @@ FAMILIES: dict[str, Family] = {
                            image_features=_smolvlm_image_features, image_spec=_smolvlm_image_spec,
                            transformers_js_unsupported=None),  # its Idefics3 / SmolVLM classes
             build_tiny=_build_smolvlm,
+            gguf=GgufSupport(unsupported=(
+                "SmolVLM has no GGUF export: llama.cpp always sends its images as a thumbnail plus tiles and puts "
+                "\"\\n\\n\" before them, so its prompt cannot equal the one the model was trained and validated on")),
         ),
         Family(
             name="qwen2vl",
@@ -430,6 +496,10 @@ FAMILIES: dict[str, Family] = {
                            unsupported="Qwen2-VL export is not supported yet: its vision encoder exports only at "
                                        "one fixed image grid and its M-RoPE positions need a runtime port"),
             build_tiny=_build_qwen2vl,
+            # converts as it is; llama.cpp budgets 8-4096 image tokens unless told the policy's bounds
+            gguf=GgufSupport(image_text="<|vision_start|><|image_pad|><|vision_end|>", resize=_qwen2vl_gguf_resize,
+                             image_tokens=_qwen2vl_gguf_tokens, unsupported=None,
+                             ollama_template=_ollama_chatml("You are a helpful assistant.")),
         ),
     ]
 }

@@ -1,7 +1,8 @@
-"""One interface for every model the benchmarks and the demo run: an ONNX package or a PyTorch stage.
+"""One interface for every model the benchmarks and the demo run: an ONNX or GGUF package or a PyTorch stage.
 
 A model spec is a path:
 * an ONNX package (a folder with ``manifest.json``, written by ``svlm export``): ``svlm_runtime.Package``;
+* a GGUF package (``svlm export --layout gguf``): ``svlm_runtime.gguf.GGUFModel`` (llama.cpp);
 * a stage output (``runs/NAME/STAGE``, holding ``adapter/``): base + adapter merged, PyTorch fp32, eager;
 * a plain checkpoint folder (``config.json``): PyTorch fp32, eager.
 
@@ -241,11 +242,17 @@ def open_model(spec: str | Path, threads: int | None = None, low_memory: bool = 
     (batches ``generate_batch`` runs at once, 0: one per core) apply to packages: PyTorch spreads each operation over the
     cores itself."""
     path = Path(spec)
+    from svlm_runtime.gguf import is_gguf_package
+
+    if is_gguf_package(path):  # llama.cpp through llama-cpp-python: one sequence, so ``workers`` does not apply
+        from svlm_runtime.gguf import GGUFModel
+
+        return GGUFModel(path, threads=threads)
     if (path / "manifest.json").is_file():
         from svlm_runtime.package import Package
 
         return Package(path, threads=threads, low_memory=low_memory, workers=workers)
     if (path / "adapter" / "adapter_config.json").is_file() or (path / "config.json").is_file():
         return TorchModel(path, threads)
-    raise SVLMError(f"{spec} is neither an ONNX package (manifest.json), a stage output (adapter/) nor a "
+    raise SVLMError(f"{spec} is neither a package (manifest.json: ONNX or GGUF), a stage output (adapter/) nor a "
                     "checkpoint (config.json)")

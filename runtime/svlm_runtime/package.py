@@ -102,6 +102,8 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
         raise PackageError(f"{mf} is corrupted: {exc}") from None
     if not isinstance(manifest, dict):
         raise PackageError(f"{mf} is corrupted: not a JSON object")
+    if manifest.get("layout") == "gguf":
+        raise PackageError(f"{root} is a GGUF package: run it with llama.cpp or svlm_runtime.gguf.GGUFModel")
     if manifest.get("format_version") not in READS:
         raise PackageError(f"{mf}: format_version {manifest.get('format_version')!r}, this runtime reads "
                            f"{', '.join(map(str, READS))}")
