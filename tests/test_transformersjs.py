@@ -263,3 +263,102 @@ def test_transformers_js_matches_pytorch_on_32_images_at_every_dtype(trained_exp
               f"{r['load_ms']:.0f} ms, median generate {ms:.0f} ms")
         assert same == 32, f"{quant}: transformers.js tokens differ from PyTorch's on {32 - same} of 32 images"
         assert agree >= 0.9, f"{quant}: labels agree on {agree:.0%} of {len(valid)} images (need ≥ 90 %)"
+
+
+# --- slow: the static page in headless Chromium ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def web_page(trained_export):
+    """demo/web/serve.py on a free port, serving the trained export, the library and onnxruntime-web's wasm."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    require_transformers_js()
+    _, out, _ = trained_export
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(REPO / "demo" / "web" / "serve.py"), str(out), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "models/model/manifest.json", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_refuses_a_folder_that_is_not_a_transformers_js_export(tmp_path):
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "demo" / "web" / "serve.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "is not an `svlm export --layout transformers.js` folder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_browser_classifies_an_uploaded_image_client_side(web_page, held_out, tiny_processors, tmp_path):
+    """Headless Chromium on demo/web: upload, Analyze at the default dtype (q4), read the answer. The label must be
+    the one PyTorch gives for that image (the export's fp32 graphs, validated equal to PyTorch, stand in for it);
+    two images with different labels, so a page that ignored the image could not pass. A non-image is refused."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_demo import require_chromedriver
+
+    from export.transformersjs import TransformersJsRunner
+
+    url, out = web_page
+    manifest = json.loads((out / "manifest.json").read_text())
+    runner = TransformersJsRunner(out, "fp32", manifest["prompt"]["input_ids"])
+    expected = {}
+    for path in held_out:
+        _, _, (pv,) = python_side(tiny_processors("smolvlm"), [path], manifest["prompt"]["style"])
+        label = runner.generate(pixel_values=pv, max_new_tokens=12).label
+        if label is not None and label not in expected.values():
+            expected[path] = label
+        if len(expected) == 2:
+            break
+    assert len(expected) == 2
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(arg)
+    if shutil.which("chromium"):
+        opts.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(require_chromedriver()), options=opts)
+    status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: status(d).startswith(("ready", "error")))
+        assert status(driver).startswith("ready"), status(driver)
+        assert driver.find_element(By.ID, "dtype").get_attribute("value") == "q4"
+        for i, (path, label) in enumerate(expected.items()):
+            driver.find_element(By.ID, "image").send_keys(str(path))
+            wait.until(lambda d: d.find_element(By.ID, "analyze").is_enabled())
+            driver.find_element(By.ID, "analyze").click()
+            wait.until(lambda d: status(d) == "done" or status(d).startswith("error"))
+            answer = driver.find_element(By.ID, "emotion").get_attribute("data-label")
+            text = driver.find_element(By.ID, "reasoning").get_attribute("value")
+            shot = tmp_path / f"web_{i}.png"
+            driver.save_screenshot(str(shot))
+            print(f"browser: {path.name}: {answer!r} (PyTorch {label!r}), text {text!r}, "
+                  f"{driver.find_element(By.ID, 'stats').text}; screenshot {shot}")
+            assert status(driver) == "done" and answer == label
+            assert shot.stat().st_size > 10_000
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("this is not an image")
+        driver.find_element(By.ID, "image").send_keys(str(bad))
+        wait.until(lambda d: "not a readable image" in status(d))
+        assert not driver.find_element(By.ID, "analyze").is_enabled()
+    finally:
+        driver.quit()
