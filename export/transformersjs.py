@@ -156,8 +156,9 @@ def _save(model, path: Path) -> bool:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     external = model.ByteSize() > SINGLE_FILE_BYTES
+    # small tensors (shapes, scalars) stay inside: onnxruntime reads shape-inference constants only from there
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=path.name + "_data", size_threshold=0)
+                    location=path.name + "_data", size_threshold=1024)
     return external
 
 
@@ -359,14 +360,14 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         "quantizations": quants, "source": provenance,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (tmp / "README.md").write_text(model_card(manifest, base))
+    (tmp / "README.md").write_text(model_card(manifest, base, tmp.name.removesuffix(".tmp")))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for quant, m in quants.items():
         _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB as transformers.js dtype {m['dtype']!r}")
     return quants
 
 
-def model_card(m: dict, base: str) -> str:
+def model_card(m: dict, base: str, folder: str) -> str:
     """The folder's README: YAML front matter for the hub (``library_name: transformers.js``), how to load it
     offline in Node and in a browser, and the validation figures per dtype."""
     src = m["source"]
@@ -376,6 +377,9 @@ def model_card(m: dict, base: str) -> str:
         f"{v['validation']['greedy_tokens_identical']:.0%} | {agreement_text(v['validation'])} |"
         for q, v in m["quantizations"].items())
     dtype = next(iter(m["quantizations"].values()))["dtype"]
+    (t_open, t_close), (a_open, a_close) = m["answer"]["think"], m["answer"]["answer"]
+    answer = (f"`{a_open}label{a_close}`" if m["prompt"]["style"] == "label" else
+              f"with reasoning, `{t_open}…{t_close}{a_open}label{a_close}`")
     return f"""---
 library_name: transformers.js
 pipeline_tag: image-text-to-text
@@ -387,15 +391,14 @@ pipeline_tag: image-text-to-text
 
 # SVLM Factory export for transformers.js: {m['family']}
 
-Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
-`<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
+Visual emotion recognition (EmoSet's 8 emotions): the model answers {answer}. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 Written for `@huggingface/transformers` {m['transformers_js']} (tested with it in Node and in headless Chromium).
 
 ```js
 import {{ AutoProcessor, AutoModelForVision2Seq, RawImage, env }} from "@huggingface/transformers";
 env.allowRemoteModels = false;                 // everything below is read from this folder
 env.localModelPath = "/path/to/";              // the folder that holds this one
-const id = "{Path(src.get('run', 'export')).name}/export-transformers.js";   // this folder, relative to localModelPath
+const id = "{folder}";                         // this folder
 const processor = await AutoProcessor.from_pretrained(id);
 const model = await AutoModelForVision2Seq.from_pretrained(id, {{ dtype: "{dtype}" }});
 const messages = [{{ role: "user", content: [{{ type: "image" }}, {{ type: "text", text: QUESTION }}] }}];
