@@ -251,6 +251,26 @@ def split_prompt(prompt: str, image_text: str) -> tuple[str, str]:
     return before, after
 
 
+def step_candidates(model, processor, images, refs: list[dict], style: str, k: int = 16) -> None:
+    """Add to each reference PyTorch's ``k`` best tokens and their logits at every greedy step
+    (``top_ids`` / ``top_logits``), from one teacher-forced forward pass over the prompt and its tokens: at a
+    divergence they say how far below PyTorch's choice llama.cpp's token was."""
+    import torch
+
+    from factory.inference import append_tokens
+    from factory.prompts import render_prompt
+
+    prompt = render_prompt(processor, style)
+    for ref, image in zip(refs, images):
+        inputs = processor(images=[[image]], text=[prompt], return_tensors="pt")
+        tokens = torch.tensor([ref["tokens"]])
+        with torch.no_grad():
+            logits = model(**append_tokens(inputs, tokens, torch.ones_like(tokens)),
+                           logits_to_keep=tokens.shape[1] + 1).logits[0, :-1]
+        top = torch.topk(logits, k, dim=-1)
+        ref["top_ids"], ref["top_logits"] = top.indices.tolist(), top.values.tolist()
+
+
 def validate(model, refs: list[dict], images, processor, family, style: str, max_new_tokens: int,
              tie: float = 1e-4, rounding_ties: bool = False) -> dict:
     """A GGUF package (``GGUFModel``) against the PyTorch references (``export.build._torch_reference``):
@@ -258,9 +278,11 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
     prompt position, greedy tokens and labels.
 
     A divergence counts as agreement only at a tie: where PyTorch's top-2 logit gap at the first differing
-    step is below ``tie`` or, with ``rounding_ties`` (f16), below the largest logit gap measured between the two
-    runtimes on these images (f16 weights move every logit by up to that much, so such a pair of tokens is
-    ordered by rounding). Quantized packages keep the strict ``tie``: their gap is the quantization's."""
+    step is below ``tie``, or, with ``rounding_ties`` (f16), where the token llama.cpp chose is within the
+    largest logit gap measured between the two runtimes on these images (δ) of PyTorch's best in PyTorch's
+    own logits at that step (``step_candidates``): f16 weights move every logit by up to about δ, so two
+    tokens that close are ordered by rounding; a token PyTorch ranks further down is a real divergence.
+    Quantized packages keep the strict ``tie``: their gap is the quantization's."""
     import numpy as np
 
     from factory.prompts import parse_answer
@@ -280,7 +302,7 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
             same_tokens += 1
         else:
             first = first_divergence(gen.token_ids, want)
-            diverged.append(ref["top2_gaps"][first] if first < len(ref["top2_gaps"]) else float("inf"))
+            diverged.append(_shortfall(ref, first, gen.token_ids, rounding_ties))
         ref_label = parse_answer(processor.tokenizer.decode(want, skip_special_tokens=True)).label
         if ref_label is not None:
             valid += 1
@@ -288,13 +310,26 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
         labels.append([ref_label, gen.label])
     n = len(refs)
     threshold = max(tie, max(gaps)) if rounding_ties else tie
-    ties = sum(g < threshold for g in diverged)
+    ties = sum(g < threshold for g in diverged)  # inf (stopped early, or outside PyTorch's top k): never a tie
     return {"images": n, "prompt_ids_identical": prompt_ok / n,
             "max_abs_logit_diff": max(gaps), "logit_diff_at": "the last prompt position (llama.cpp keeps only "
                                                              "the logits it is asked for)",
             "greedy_tokens_identical": (same_tokens + ties) / n, "diverged_at_ties": ties, "tie_threshold": threshold,
-            "top2_gap_at_divergence": diverged, "labels_valid_torch": valid,
+            "shortfall_at_divergence": diverged, "labels_valid_torch": valid,
             "label_agreement": same_labels / valid if valid else None, "labels_torch_gguf": labels}
+
+
+def _shortfall(ref: dict, step: int, got: list[int], rounding_ties: bool) -> float:
+    """How far below PyTorch's best logit the token llama.cpp chose at ``step`` lies in PyTorch's logits (inf
+    when it stopped there, or chose a token outside PyTorch's top k); without ``rounding_ties``, PyTorch's top-2
+    gap there (the ONNX layouts' tie rule)."""
+    if step >= len(ref["top2_gaps"]):
+        return float("inf")
+    if not rounding_ties:
+        return ref["top2_gaps"][step]
+    if step >= len(got) or got[step] not in ref["top_ids"][step]:
+        return float("inf")
+    return ref["top_logits"][step][0] - ref["top_logits"][step][ref["top_ids"][step].index(got[step])]
 
 
 def _files(pkg: Path) -> dict:
@@ -428,6 +463,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     style = provenance.get("question_style", "cot")
     images = _validation_images(cfg, cfg.validate_images)
     refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
+    step_candidates(model, processor, images, refs, style)
     tokens = token_ids(model, family, processor.tokenizer)
     from factory.prompts import render_prompt
 

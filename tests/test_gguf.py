@@ -90,6 +90,39 @@ def test_export_validates_f16_against_pytorch_and_writes_runnable_packages(qwen_
     assert (out / "q4_k_m" / "model.gguf").stat().st_size < 0.7 * (out / "f16" / "model.gguf").stat().st_size
 
 
+def test_export_fails_and_writes_nothing_when_llama_cpp_leaves_the_image_policy(deep_tiny, tmp_path, monkeypatch):
+    """llama.cpp told a smaller image-token budget than the processor's policy: its prompt has fewer image
+    tokens than the processor's, and the export refuses every package."""
+    import dataclasses
+
+    from export.build import ExportConfig, ExportError, export
+    from factory.families import FAMILIES
+
+    fam = FAMILIES["qwen2vl"]
+    monkeypatch.setitem(FAMILIES, "qwen2vl", dataclasses.replace(
+        fam, gguf=dataclasses.replace(fam.gguf, image_tokens=lambda ip: (4, 8))))
+    out = tmp_path / "export-gguf"
+    with pytest.raises(ExportError, match="the image policy is not matched"):
+        export(ExportConfig(model=str(deep_tiny("qwen2vl")), layout="gguf", quant=["f16"], out=str(out),
+                            validate_images=2, max_new_tokens=4))
+    assert not out.exists() and not (tmp_path / "export-gguf.tmp").exists()
+
+
+@pytest.mark.slow
+def test_export_fails_when_f16_tokens_really_diverge(deep_tiny, tmp_path, monkeypatch):
+    """A runtime that picks a token PyTorch ranks far down (here: the least likely one) is not excused as a
+    rounding tie: the f16 check fails and nothing is written."""
+    from export.build import ExportConfig, ExportError, export
+    from svlm_runtime.package import Package
+
+    monkeypatch.setattr(Package, "_pick", staticmethod(lambda logits, temperature, top_p, rng: int(logits.argmin())))
+    out = tmp_path / "export-gguf"
+    with pytest.raises(ExportError, match="f16 GGUF does not match PyTorch"):
+        export(ExportConfig(model=str(deep_tiny("qwen2vl")), layout="gguf", quant=["f16"], out=str(out),
+                            validate_images=2, max_new_tokens=4))
+    assert not out.exists()
+
+
 def test_chat_template_and_tokenizer_are_embedded(qwen_gguf, deep_tiny):
     """Ollama and LM Studio read the chat template from the GGUF file itself."""
     import llama_cpp
