@@ -269,10 +269,11 @@ def test_transformers_js_matches_pytorch_on_32_images_at_every_dtype(trained_exp
             same += g == w or (first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < 1e-4)
             assert got["text"] == processor.tokenizer.decode(g, skip_special_tokens=True)  # the library's decode
         labels = [parse_answer(x["text"]).label for x in r["own_preprocessing"]]
+        own_same = sum(until_eos(x["tokens"], eos) == w for x, w in zip(r["own_preprocessing"], want))
         agree = sum(labels[i] == torch_labels[i] for i in valid) / len(valid)
         ms = np.median([x["ms"] for x in r["own_preprocessing"]])
         print(f"{quant} ({dtype}): greedy tokens = PyTorch's with Python pixels on {same}/32; labels with the "
-              f"library's preprocessing agree on {agree:.0%} of {len(valid)}; export validation "
+              f"library's preprocessing agree on {agree:.0%} of {len(valid)} (whole answers equal on {own_same}/32); export validation "
               f"{manifests[quant]['validation']['greedy_tokens_identical']:.0%} tokens identical; load "
               f"{r['load_ms']:.0f} ms, median generate {ms:.0f} ms")
         assert same == 32, f"{quant}: transformers.js tokens differ from PyTorch's on {32 - same} of 32 images"
