@@ -35,8 +35,11 @@ def varied_reward(completions, **kwargs) -> list[float]:
     return [len(set(completion_text(c))) / max(1, len(completion_text(c))) for c in completions]
 
 
-def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int) -> dict:
-    """Sample from the bf16 copy; compare per-token log-probs and the full distributions with the nf4 policy."""
+def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int, random_b: float = 0.0) -> dict:
+    """Sample from the bf16 copy; compare per-token log-probs and the full distributions with the nf4 policy.
+
+    ``random_b`` > 0 draws the LoRA B matrices from N(0, random_b): a fresh adapter has B = 0, so copy and
+    policy would hold the same dequantized weights and the gap would be exactly 0, measuring nothing."""
     import torch
 
     from factory.data.emoset import read_split
@@ -45,6 +48,12 @@ def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int) -> dict:
     from factory.train.rollout import RolloutCopy
 
     policy, processor = load_policy(ctx)  # the GRPO stage's policy: nf4 base + parent adapter, dropout off
+    if random_b:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, random_b)
     on_cuda = torch.cuda.is_available()
     copy = RolloutCopy(policy, dtype=torch.bfloat16 if on_cuda else torch.float32)
     from PIL import Image
@@ -83,7 +92,7 @@ def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int) -> dict:
             "abs_dlogp_p50_p99": [float(x) for x in torch.quantile(gap, q)], "abs_dlogp_max": float(gap.max()),
             "kl_mean": float(kl.mean()), "kl_p99": float(torch.quantile(kl, 0.99)),
             "ratio_outside_0.9_1.2": float(((ratio < 0.9) | (ratio > 1.2)).float().mean()),
-            "copy_entropy_nats_last_sequence": entropy}
+            "copy_entropy_nats_last_sequence": entropy, "random_b": random_b}
 
 
 def main(argv: list[str] | None = None) -> int:
