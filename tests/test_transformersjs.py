@@ -174,6 +174,27 @@ def test_node_loads_the_export_offline_with_pythons_prompt_and_pytorchs_tokens(r
         [runner.generate(pixel_values=pv, max_new_tokens=8).token_ids for pv in pixels]
 
 
+def test_node_reads_the_small_tokenizer_and_the_projects_chat_template(small_tiny_dirs, synth_root, tmp_path):
+    """`svlm run`'s default tokenizer (a small local BPE) with the project's chat template ({% generation %} tags
+    for trl): the library renders and tokenizes the prompt as Python does, and generates PyTorch's tokens."""
+    from export.build import ExportConfig, export
+    from export.transformersjs import TransformersJsRunner
+    from factory.models import load_model
+    from factory.prompts import question
+
+    out = tmp_path / "export-transformers.js"
+    export(ExportConfig(model=str(small_tiny_dirs("smolvlm")), out=str(out), layout="transformers.js",
+                        quant=["fp32"], validate_images=2, max_new_tokens=8))
+    processor = load_model(str(small_tiny_dirs("smolvlm")), dtype="float32", device="cpu").processor
+    images = sorted((synth_root / "image").rglob("*.jpg"))[:1]
+    prompt, ids, pixels = python_side(processor, images, "cot")
+    result = run_node(out, images, pixels, ["fp32"], question("cot"), 8, tmp_path / "node")
+    assert "endgeneration" in processor.chat_template  # trl's tag, which the library's jinja must accept
+    assert result["prompt"] == prompt and result["prompt_ids"] == ids
+    assert result["dtypes"]["fp32"]["python_pixels"][0]["tokens"][:8] == \
+        TransformersJsRunner(out, "fp32", ids).generate(pixel_values=pixels[0], max_new_tokens=8).token_ids[:8]
+
+
 def test_internvl_is_refused_with_the_registry_reason(tiny_dirs, tmp_path):
     from export.build import ExportConfig, ExportError, export
 
@@ -219,7 +240,7 @@ def held_out(tmp_path_factory):
     from factory.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("held_out") / "d"
-    generate(SynthConfig(out=str(root), n=48, seed=11, image_size=48), progress=False)
+    generate(SynthConfig(out=str(root), n=64, seed=11, image_size=48), progress=False)
     paths = sorted((root / "image").rglob("*.jpg"))
     return paths[::len(paths) // 32][:32]
 
