@@ -71,10 +71,14 @@ def onnx_file(graph: str, quant: str) -> str:
 
 # --- graph surgery: the project's graphs, transformers.js's names and inputs -----------------------------------
 def _rename(graph, old: str, new: str) -> None:
-    """Rename the value ``old`` to ``new`` everywhere in ``graph`` (nodes, inputs, outputs, value infos)."""
+    """Rename the value ``old`` to ``new`` everywhere in ``graph`` (nodes, inputs, outputs, value infos, and the
+    subgraphs of If / Loop nodes, which may read it from the outer scope)."""
     for node in graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename(sub, old, new)
     for info in (*graph.input, *graph.output, *graph.value_info):
         if info.name == old:
             info.name = new
@@ -101,9 +105,10 @@ def adapt_vision(model, rank: int) -> None:
 
     g = model.graph
     (pv,) = [i for i in g.input if i.name == "pixel_values"]
-    _rename_dim(g, "images", "num_images")
     if rank == 4:
+        _rename_dim(g, "images", "num_images")
         return
+    _rename_dim(g, "images", "all_images")  # inside the graph: every image of every prompt, one axis
     chw = [d.dim_value or d.dim_param for d in pv.type.tensor_type.shape.dim][1:]
     _rename(g, "pixel_values", "pixel_values_flat")
     leading = [BATCH, "num_images", *[f"pixel_axis_{i}" for i in range(rank - 5)]]
