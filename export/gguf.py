@@ -381,9 +381,16 @@ def model_card(m: dict) -> str:
     bounds = f" --image-min-tokens {img['min_tokens']} --image-max-tokens {img['max_tokens']}" \
         if "max_tokens" in img else ""
     resize = img["resize"]
-    policy = (f"the whole image resized to {resize['width']}x{resize['height']} (one tile)" if resize["kind"] == "fixed" else
-              f"{img['min_tokens']}-{img['max_tokens']} image tokens (sides multiples of {resize['factor']} px, "
-              f"at most {resize['max_pixels']} pixels)")
+    if resize["kind"] == "fixed":
+        policy = (f"one tile: the whole image resized to {resize['width']}x{resize['height']}. Resize photos to "
+                  f"{resize['width']}x{resize['height']} before giving them to llama.cpp, as the processor does (and "
+                  "as validated): llama.cpp sends any larger image as a tile plus a thumbnail, a prompt the model "
+                  "never saw.")
+    else:
+        policy = (f"{img['min_tokens']}-{img['max_tokens']} image tokens (sides multiples of {resize['factor']} px, "
+                  f"at most {resize['max_pixels']} pixels). Pass these bounds to llama.cpp "
+                  f"(`--image-min-tokens {img['min_tokens']} --image-max-tokens {img['max_tokens']}`): its default "
+                  "budget (8-4096 tokens) would give the model images at sizes it never saw.")
     return f"""---
 library_name: gguf
 pipeline_tag: image-text-to-text
@@ -398,9 +405,8 @@ Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answe
 `<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
 Files: `{MODEL}` (text model, {m['quantization']['text']}, tokenizer and chat template embedded) and `{MMPROJ}`
-(vision encoder + projector, F16). Image policy the model was trained with: {policy}.
-Pass the same image-token bounds to llama.cpp; its default budget (8-4096 tokens) would give the model images
-at sizes it never saw. The runs below were validated with llama.cpp from llama-cpp-python {m['runtime']['llama_cpp_python']}.
+(vision encoder + projector, F16). Image policy the model was trained with: {policy}
+Validated with llama.cpp from llama-cpp-python {m['runtime']['llama_cpp_python']}.
 
 ## llama.cpp
 
@@ -416,12 +422,13 @@ ollama create svlm-emotion -f Modelfile     # this folder's Modelfile: both file
 ollama run svlm-emotion "{m['prompt']['question']} ./photo.jpg"
 ```
 
-Ollama sizes images itself; its image-token budget is not set by the Modelfile (not validated here).
+Ollama sizes images itself and its image-token budget is not set by the Modelfile; Ollama was not run here
+(not installable offline), so this path is written to its Modelfile documentation but not validated.
 
 ## LM Studio
 
 Copy this folder to `~/.lmstudio/models/svlm/{m['family']}-{q}/` (LM Studio pairs `{MMPROJ}` with the model by its
-name), load it, set temperature 0 and attach the image with the question above.
+name), load it, set temperature 0 and attach the image (sized as above) with the question above. Not run here.
 
 ## Python (llama-cpp-python, as validated)
 
