@@ -124,6 +124,13 @@ def merge(base: str, adapter: Path | None, out: Path):
     return model, processor, loaded.family, gap
 
 
+def _merged_card(out: Path, base: str, provenance: dict) -> None:
+    from factory.cards import write_merged_card
+    from factory.prompts import EMOTIONS
+
+    write_merged_card(out, base_model=base, source=provenance, labels=list(EMOTIONS))
+
+
 def _probe_inputs(processor, n: int = 2):
     """A small batch of real-shaped inputs: the question with random images."""
     import numpy as np
@@ -300,9 +307,13 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
 
 
 def _model_card(m: dict) -> str:
+    from factory.cards import front_matter
+
     v = m["validation"]
     src = m["source"]
-    return f"""# SVLM Factory export: {m['family']} · {m['quantization']['name']}
+    meta = front_matter(library_name="onnx", base_model=src.get("base", src.get("model")), labels=m["labels"],
+                        tags=["onnx", "onnxruntime", m["quantization"]["name"], m["family"]], relation="quantized")
+    return meta + f"""# SVLM Factory export: {m['family']} · {m['quantization']['name']}
 
 Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
 `<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
@@ -430,6 +441,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         raise ExportError(family_of(AutoConfig.from_pretrained(base)).onnx.unsupported)
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
+    _merged_card(tmp / "merged", base, provenance)
     images = _validation_images(cfg, cfg.validate_images)
     style = provenance.get("question_style", "cot")
     refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)

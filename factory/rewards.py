@@ -70,12 +70,40 @@ REWARDS: dict[str, Callable[..., list[float]]] = {"format": format_reward, "accu
 
 
 def get_rewards(names: list[str] | tuple[str, ...]) -> list[Callable[..., list[float]]]:
-    """Resolve reward names; an unknown name is a config error that lists the valid ones.
+    """Resolve rewards: a built-in name, or ``module:function`` (a function with trl's reward signature,
+    imported from the installed packages or the working directory). Anything else is a one-line config error.
 
     >>> [f.__name__ for f in get_rewards(["format", "accuracy"])]
     ['format_reward', 'accuracy_reward']
+    >>> get_rewards(["factory.rewards:format_reward"])[0] is format_reward
+    True
     """
-    unknown = [n for n in names if n not in REWARDS]
-    if unknown:
-        raise ConfigError(f"unknown reward(s) {unknown}; valid: {sorted(REWARDS)}")
-    return [REWARDS[n] for n in names]
+    return [REWARDS[n] if n in REWARDS else _import_reward(n) for n in names]
+
+
+def _import_reward(path: str) -> Callable[..., list[float]]:
+    import importlib
+    import inspect
+    import os
+    import sys
+
+    module_name, sep, function = path.partition(":")
+    if not sep or not module_name or not function:
+        raise ConfigError(f"unknown reward {path!r}; give a built-in one ({', '.join(sorted(REWARDS))}) or "
+                          "module:function")
+    if os.getcwd() not in sys.path:  # the `svlm` script's sys.path starts at its bin folder, not here
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"reward {path!r}: cannot import {module_name} ({e})") from None
+    except Exception as e:  # noqa: BLE001 (the user's module failed while importing)
+        raise ConfigError(f"reward {path!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+    func = getattr(module, function, None)
+    if not callable(func):
+        raise ConfigError(f"reward {path!r}: {module_name} has no function {function!r}")
+    params = inspect.signature(func).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise ConfigError(f"reward {path!r} must take **kwargs: trl calls f(prompts=, completions=, "
+                          "completion_ids=, **dataset_columns) -> list[float]")
+    return func

@@ -40,6 +40,15 @@ def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
     assert "lora" not in "".join(n for n, _ in reloaded.named_parameters())
 
 
+def _card(text: str) -> tuple[dict, str]:
+    """A model card's YAML front matter and its body."""
+    import yaml
+
+    assert text.startswith("---\n"), text[:80]
+    head, _, body = text[4:].partition("---\n")
+    return yaml.safe_load(head), body.lstrip()
+
+
 def test_packages_validate_and_describe_themselves(exported):
     import onnx
 
@@ -53,8 +62,11 @@ def test_packages_validate_and_describe_themselves(exported):
                     "source", "prompt"):
             assert key in m, f"{quant}: manifest lacks {key}"
         assert json.loads((pkg / "manifest.json").read_text()) == m
-        card = (pkg / "README.md").read_text()
+        meta, card = _card((pkg / "README.md").read_text())
         assert card.startswith("# SVLM Factory export")
+        # hub metadata: what the hub lists and links the package by
+        assert (meta["library_name"], meta["pipeline_tag"]) == ("onnx", "image-text-to-text")
+        assert meta["labels"] == m["labels"] and quant in meta["tags"] and "base_model" not in meta  # a local base
         # the card's two commands a device needs: install the runtime, run it on this package
         assert "pip install ./runtime" in card and f"svlm-infer {quant} image.jpg" in card
         assert m["answer"] == {"think": ["<think>", "</think>"], "answer": ["<answer>", "</answer>"],
@@ -73,6 +85,8 @@ def test_packages_validate_and_describe_themselves(exported):
     sizes = {q: m["size_bytes"] for q, m in manifests.items()}
     assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
     assert (out / "merged" / "model.safetensors").is_file()
+    meta, card = _card((out / "merged" / "README.md").read_text())
+    assert meta["library_name"] == "transformers" and "0_baseline" in card
     assert not (out.parent / "export.tmp").exists()
 
 

@@ -129,7 +129,7 @@ def test_bad_files_are_reported_in_lenient_mode_and_one_line_in_strict(small_dat
 def test_training_rows_skip_and_count_images_that_do_not_decode_or_leave_the_root(small_data, tmp_path, capsys):
     from types import SimpleNamespace
 
-    from factory.train.common import _usable_rows
+    from factory.train.common import usable_rows
 
     data, entries = small_data
     images = [str(data / e[2]) for e in entries[:4]]
@@ -137,7 +137,7 @@ def test_training_rows_skip_and_count_images_that_do_not_decode_or_leave_the_roo
     outside = tmp_path / "elsewhere.jpg"
     outside.write_bytes((data / entries[1][2]).read_bytes())
     rows = [{"image": p} for p in [*images, str(outside), str(data / ".." / "d" / entries[2][2])]]
-    kept = _usable_rows(SimpleNamespace(name="1_sft", data_root=data), rows)
+    kept = usable_rows(SimpleNamespace(name="1_sft", data_root=data), rows)
     assert [r["image"] for r in kept] == [*images[1:], rows[-1]["image"]]  # a path through ".." that stays inside
     out = capsys.readouterr().out
     assert "skipped 2 of 6" in out and "outside_data_root: 1" in out and "unreadable_image: 1" in out

@@ -41,7 +41,7 @@ def test_rewards_take_trl_keyword_arguments():
 
 def test_every_reward_name_resolves_and_unknown_names_are_listed():
     assert [f.__name__ for f in get_rewards(list(REWARDS))] == [f.__name__ for f in REWARDS.values()]
-    with pytest.raises(ConfigError, match="valid: \\['accuracy', 'format'\\]"):
+    with pytest.raises(ConfigError, match="give a built-in one \\(accuracy, format\\) or module:function"):
         get_rewards(["format", "fromat"])
 
 

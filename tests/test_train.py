@@ -154,6 +154,8 @@ def test_stage_outputs_are_written(trained):
             assert (out / f).is_file(), f"{name}: {f} missing"
         assert any((out / "tensorboard").iterdir())
         assert results[name]["eval"]["n"] == 4
+        card = (out / "adapter" / "README.md").read_text()  # ours, not peft's generic card
+        assert card.startswith("---\nlibrary_name: peft\n") and f"stage `{name}`" in card
     # checkpoints keep the last two: stage 4 saved after each of its 4 steps
     kept = sorted(p.name for p in (cfg.run_dir / "4_clgrpo" / "checkpoints").glob("checkpoint-*"))
     assert kept == ["checkpoint-3", "checkpoint-4"]

@@ -148,13 +148,13 @@ def stage_rows(ctx: StageContext) -> list[dict]:
             traced = _traced_images(ctx)
             records = [r for r in records if str(Path(r.image_path).resolve()) in traced]
         rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
-    rows = _usable_rows(ctx, rows)
+    rows = usable_rows(ctx, rows)
     if not rows:
         raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
     return rows
 
 
-def _usable_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
+def usable_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
     """The rows whose image lies inside the data root and decodes; the others are skipped and counted (a
     truncated JPEG would otherwise stop training mid-run, and again on every resume; a CoT log may name
     any path)."""
@@ -221,7 +221,9 @@ def trainer_args(ctx: StageContext) -> dict[str, Any]:
         "save_steps": s.save_steps,
         "save_total_limit": 2,
         "logging_steps": s.logging_steps,
-        "report_to": "none",  # TensorBoard is attached explicitly, into <stage>/tensorboard
+        # TensorBoard is attached explicitly (``callbacks``), into <stage>/tensorboard; the others through trl
+        "report_to": [r for r in ctx.cfg.train.report_to if r != "tensorboard"] or "none",
+        "run_name": f"{ctx.cfg.name}/{ctx.name}",
         "seed": ctx.cfg.train.seed,
         # trl defaults bf16=True; on a CPU that is slow autocast, so follow the model's dtype instead.
         "bf16": on_cuda and torch.cuda.is_bf16_supported() and ctx.cfg.model.dtype in ("auto", "bfloat16"),
@@ -237,7 +239,7 @@ def callbacks(ctx: StageContext) -> list:
     from accelerate import PartialState
     from transformers.integrations import TensorBoardCallback
 
-    if not PartialState().is_main_process:
+    if not PartialState().is_main_process or "tensorboard" not in ctx.cfg.train.report_to:
         return []
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -275,6 +277,10 @@ def run_trainer(ctx: StageContext, trainer) -> dict:
         tmp = ctx.out / (ADAPTER + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
+        from factory.cards import write_adapter_card
+        from factory.prompts import EMOTIONS
+
+        write_adapter_card(tmp, base_model=ctx.base, stage=ctx.name, run=ctx.cfg.name, labels=list(EMOTIONS))
         write_json(ctx.out / "log_history.json", history, indent=1)
         write_json(ctx.out / "train_metrics.json", {**result.metrics, "resumed_from": resume})
         tmp.replace(ctx.out / ADAPTER)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from factory.rewards import get_rewards
 from factory.train.common import (StageContext, callbacks, cuda, keep_trainable_fp32, load_policy, run_trainer,
-                                  stage_dataset, trainer_args)
+                                  stage_dataset, trainer_args, usable_rows)
 from factory.train.stages import check_clip
 
 
@@ -36,6 +36,9 @@ def grpo_args(ctx: StageContext) -> dict:
         # The extra dataset column ``emotion`` must reach the accuracy reward.
         "remove_unused_columns": False,
     }
+    if s.eval_steps:  # validation during training: one sampled completion per val image
+        args.update(eval_strategy="steps", eval_steps=s.eval_steps, num_generations_eval=1,
+                    per_device_eval_batch_size=s.batch_size)
     return {**args, **s.trl}
 
 
@@ -48,6 +51,19 @@ def grpo_config(ctx: StageContext):
                loss_type=args.loss_type, grad_accum=args.gradient_accumulation_steps,
                steps_per_generation=args.steps_per_generation, num_iterations=args.num_iterations)
     return args
+
+
+def validation_dataset(ctx: StageContext):
+    """The first ``eval_images`` usable val images as GRPO prompts (trl generates and scores them)."""
+    from factory.cot.datasets import grpo_rows, to_dataset
+    from factory.data.emoset import read_split
+    from factory.errors import SVLMError
+
+    records = read_split(ctx.data_root, "val", strict=False, check_images="none").records
+    rows = usable_rows(ctx, grpo_rows(records))[:ctx.stage.eval_images]
+    if not rows:
+        raise SVLMError(f"stage {ctx.name}: eval_steps is set but {ctx.data_root} has no usable val images")
+    return to_dataset(rows)
 
 
 def dense_rollouts(ctx: StageContext) -> bool:
@@ -70,7 +86,8 @@ def build_grpo_trainer(ctx: StageContext):
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda(),
                                        "batch_size": ctx.stage.rollout_batch_size}
     trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,
-                          train_dataset=dataset, processing_class=processor, callbacks=callbacks(ctx))
+                          train_dataset=dataset, eval_dataset=validation_dataset(ctx) if ctx.stage.eval_steps else None,
+                          processing_class=processor, callbacks=callbacks(ctx))
     keep_trainable_fp32(trainer.model)
     return trainer
 

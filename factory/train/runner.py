@@ -42,6 +42,10 @@ class LoraSettings:
     modules_to_save: list[str] = field(default_factory=list)  # e.g. [multi_modal_projector] to train it fully
 
 
+#: train.report_to's trackers and the module each needs (transformers' integrations drive them)
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+
+
 @dataclass
 class TrainOptions:
     """The training knobs shared by ``svlm train`` and ``svlm run``."""
@@ -54,8 +58,20 @@ class TrainOptions:
     stages: dict = field(default_factory=dict)  # per-stage overrides: {1_sft: {max_steps: 300}}
     stage_dir: str | None = None  # read <stage_dir>/<stage>.yaml instead of the built-in stage table
     overwrite: bool = False  # retrain a finished stage whose settings or parent changed (else: an error)
+    # experiment trackers: tensorboard (event files in <stage>/tensorboard), wandb, trackio, mlflow (installed
+    # separately; each run is named <name>/<stage>); [] logs to none of them (curves.png is drawn anyway)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def __post_init__(self):
+        import importlib.util
+
+        for tracker in self.report_to:
+            if tracker not in TRACKERS:
+                raise ConfigError(f"train.report_to: unknown tracker {tracker!r}; choose from {', '.join(TRACKERS)}")
+            module = TRACKERS[tracker]
+            # tensorboard's absence only costs the event files (``common.callbacks`` says so); others would fail
+            if tracker != "tensorboard" and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"train.report_to: {tracker} is not installed (pip install {module})")
         unknown = [k for k in self.stages if k not in STAGE_ORDER]
         if unknown:
             raise ConfigError(f"train.stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")

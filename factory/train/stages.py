@@ -20,7 +20,7 @@ from typing import Literal
 
 from factory import config as config_lib
 from factory.errors import ConfigError
-from factory.rewards import REWARDS
+from factory.rewards import REWARDS, get_rewards
 
 
 @dataclass
@@ -78,14 +78,17 @@ class StageConfig:
     # dense rollouts: sequences generated at once (None: the whole generation batch). Caps the KV cache: a
     # 2B shape at 16 prompts × G=8 × 1024 tokens holds ~4.8 GB of static cache in one batch.
     rollout_batch_size: int | None = None
+    # validation during GRPO: every eval_steps optimizer steps, one completion for each of eval_images val images,
+    # sampled at the stage's temperature; logged as eval_rewards/<reward>/mean (format rate, accuracy).
+    # None: the stage is evaluated once, when it ends (greedy, eval.limit images)
+    eval_steps: int | None = None
+    eval_images: int = 32
     trl: dict = field(default_factory=dict)  # any other SFTConfig/GRPOConfig argument, passed through as is
 
     def __post_init__(self):
         owned = sorted(set(self.trl) & set(TRL_OWNED))
         if owned:
-            key, use = owned[0], TRL_OWNED[owned[0]]
-            raise ConfigError(f"trl.{key} decides the clip or the batching, which the stage sets and checks: "
-                              + (f"use the stage key `{use}` instead" if use else "it is not supported"))
+            raise ConfigError(f"trl.{owned[0]} {TRL_OWNED[owned[0]]}")
         if self.kind == "sft":
             if self.data == "prompts":
                 raise ConfigError("an sft stage trains on data: cot or data: labels, not prompts")
@@ -98,9 +101,7 @@ class StageConfig:
                 raise ConfigError(f"a grpo stage samples from data: prompts, got data: {self.data}")
             if not self.rewards:
                 raise ConfigError(f"a grpo stage needs rewards; valid: {sorted(REWARDS)}")
-            unknown = [r for r in self.rewards if r not in REWARDS]
-            if unknown:
-                raise ConfigError(f"unknown reward(s) {unknown}; valid: {sorted(REWARDS)}")
+            get_rewards(self.rewards)  # a built-in name or module:function, imported now: errors before training
             if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
                 raise ConfigError(f"reward_weights has {len(self.reward_weights)} entries for "
                                   f"{len(self.rewards)} rewards; give one weight per reward or none")
@@ -113,6 +114,11 @@ class StageConfig:
                     f"a multiple of num_generations={self.num_generations}; set batch_size to a multiple of "
                     f"{self.num_generations} (e.g. {2 * self.num_generations} for 2 prompts per step)")
             self._check_clip()
+        if self.eval_steps is not None and (self.kind != "grpo" or self.eval_steps < 1):
+            raise ConfigError("eval_steps (validation during training) takes a positive step count, in grpo stages; "
+                              f"got {self.eval_steps} in a {self.kind} stage")
+        if self.eval_images < 1:
+            raise ConfigError(f"eval_images must be ≥ 1, got {self.eval_images}")
         if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
             raise ConfigError(f"rollout_batch_size must be ≥ 1 (or null: the whole generation batch), got "
                               f"{self.rollout_batch_size}")
@@ -126,14 +132,71 @@ class StageConfig:
                    num_iterations=self.num_iterations)
 
 
-#: GRPOConfig keys that decide the clip or the batching, refused in a stage's ``trl:`` pass-through (it is
-#: merged last and could silently switch the clip off); value: the stage key to use instead (None: none).
-TRL_OWNED: dict[str, str | None] = {
-    "epsilon": "epsilon", "epsilon_high": "epsilon_high", "delta": None, "loss_type": "loss_type",
-    "num_iterations": "num_iterations", "steps_per_generation": "steps_per_generation",
-    "generation_batch_size": "steps_per_generation", "gradient_accumulation_steps": "grad_accum",
-    "per_device_train_batch_size": "batch_size", "num_generations": "num_generations",
+_GUARDED = "decides the clip or the batching, which the stage sets and checks: "
+#: trl config fields a stage may not set through ``trl:`` (merged last, it could silently switch the clip off
+#: or move files out of the run), with the reason and what to use instead.
+TRL_OWNED: dict[str, str] = {
+    **{key: _GUARDED + f"use the stage key `{use}` instead" for key, use in (
+        ("epsilon", "epsilon"), ("epsilon_high", "epsilon_high"), ("loss_type", "loss_type"),
+        ("num_iterations", "num_iterations"), ("steps_per_generation", "steps_per_generation"),
+        ("generation_batch_size", "steps_per_generation"), ("gradient_accumulation_steps", "grad_accum"),
+        ("per_device_train_batch_size", "batch_size"), ("num_generations", "num_generations"))},
+    "delta": _GUARDED + "it is not supported",
+    "output_dir": "is set by the run layout (<run>/<stage>/checkpoints)",
+    "seed": "comes from train.seed (one seed drives data order, adapter initialisation and sampling)",
+    "report_to": "comes from train.report_to (every stage of a run logs to the same trackers)",
+    "remove_unused_columns": "stays false: the accuracy reward needs the dataset's label column",
 }
+#: trl's own names for stage keys: a stage YAML may use either (the stage key is checked by the guards)
+TRL_NAMES: dict[str, str] = {
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs", "lr_scheduler_type": "lr_scheduler",
+}
+
+
+def trl_fields(kind: str) -> set[str]:
+    """The fields of trl's config dataclass for a stage kind (SFTConfig or GRPOConfig)."""
+    import trl
+
+    return {f.name for f in dataclasses.fields(trl.SFTConfig if kind == "sft" else trl.GRPOConfig) if f.init}
+
+
+def _trl_keys(name: str, data: dict, kind: str) -> dict:
+    """One stage entry with trl's field names resolved: a trl name of a stage key becomes that key, any other
+    field of the kind's trl config moves into ``trl:`` (checked there like the rest), and a key known to
+    neither is an error naming the nearest valid one."""
+    import difflib
+
+    own = set(stage_fields())
+    extra = [k for k in data if k not in own]
+    passed = data.get("trl") or {}
+    if not extra and not passed:
+        return data  # the common case: no trl import
+    valid = trl_fields(kind)
+    out = {k: v for k, v in data.items() if k in own}
+    out["trl"] = dict(passed)
+    for key in extra:
+        if key in TRL_NAMES:
+            if TRL_NAMES[key] in data:
+                raise ConfigError(f"stages.{name}: both {key} and {TRL_NAMES[key]} are set; they are the same "
+                                  "setting (trl's name and the stage key), give one")
+            out[TRL_NAMES[key]] = data[key]
+        elif key in TRL_OWNED:
+            raise ConfigError(f"stages.{name}.{key} {TRL_OWNED[key]}")
+        elif key in valid:
+            out["trl"][key] = data[key]
+        else:
+            out["trl"][key] = data[key]  # reported below with the nearest valid name
+    for key in out["trl"]:
+        if key not in valid and key not in TRL_OWNED:
+            hint = difflib.get_close_matches(key, sorted(own | valid), n=1)
+            where = f"stages.{name}.{key}" if key in extra else f"stages.{name}.trl.{key}"
+            raise ConfigError(f"unknown key {where}: neither a stage key nor a field of trl's "
+                              f"{'SFTConfig' if kind == 'sft' else 'GRPOConfig'}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return out
+
+
 #: trl 1.16 loss types whose loss clips the ratio to [1 - epsilon, 1 + epsilon_high] (``_compute_loss``);
 #: sapo and vespo replace the clip with soft weights, cispo clips only from above at epsilon_high.
 TWO_SIDED_CLIP_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
@@ -235,7 +298,10 @@ def resolve_stage(name: str, overrides: dict | None = None, stage_dir: str | Non
     base = config_lib.to_dict(STAGES[name])
     if stage_dir is not None:
         base = config_lib.read_yaml(Path(stage_dir) / f"{name}.yaml")
-    data = config_lib.merge(base, overrides or {})
+    overrides = overrides or {}
+    kind = overrides.get("kind", base.get("kind", "sft"))
+    # each source on its own, so that a trl name and its stage key in one place are caught
+    data = config_lib.merge(_trl_keys(name, base, kind), _trl_keys(name, overrides, kind))
     cfg = config_lib.build(StageConfig, data, where=f"stages.{name}")
     if cfg.parent is not None and (cfg.parent not in STAGES or STAGE_ORDER.index(cfg.parent)
                                    >= STAGE_ORDER.index(name)):
