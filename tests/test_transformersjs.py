@@ -2,9 +2,11 @@
 (``tests/js/check_package.mjs``, the library pinned in ``tests/js/package.json``) and its prompt ids, tokens and
 labels are compared with Python's processor and PyTorch; a headless Chromium runs ``demo/web`` on it.
 
-Default suite: an untrained tiny SmolVLM (real tokenizer), fp32 and q4 in Node on 2 images, the graph surgery's
-contract (``num_logits_to_keep``, the ``batch_size`` cache axis) and the InternVL refusal. Slow: a tiny SmolVLM
-trained to answer ``<answer>label</answer>``, all three dtypes on 32 held-out images, and the browser page.
+Default suite (~30 s here): an untrained tiny SmolVLM (real tokenizer; graphs stored with external data), fp32 and
+q4 in Node on 2 images; the small tokenizer with the project's chat template in Node; the graph surgery's contract
+(``num_logits_to_keep``, the ``batch_size`` cache axis); the InternVL refusal; serve.py's refusal. Slow (~2 min): a
+tiny SmolVLM trained to answer ``<answer>label</answer>``, all three dtypes on 32 held-out images in Node, and the
+browser page in headless Chromium.
 """
 
 from __future__ import annotations
