@@ -234,6 +234,31 @@ def test_bench_latency_accepts_a_gguf_package(qwen_gguf, synth_root, tmp_path):
     assert r["kind"] == "gguf" and r["ttft_s"]["p50"] > 0 and r["decode_tokens_per_s"]["p50"] > 0
 
 
+def test_bench_accuracy_and_the_demo_accept_a_gguf_package(qwen_gguf, synth_root, tmp_path):
+    """``svlm bench accuracy`` scores a GGUF package; the demo lists a run's GGUF packages and streams one."""
+    from benchmarks.accuracy import run
+    from demo.app import find_models, stream
+
+    out, _ = qwen_gguf
+    report = run([str(out / "q4_k_m")], str(synth_root), split="val", limit=3, out=tmp_path / "bench",
+                 max_new_tokens=6, progress=False, plots=False)
+    row = report["models"][0]
+    assert row["kind"] == "gguf" and row["n"] == 3 and len(row["predictions"]) == 3
+    runs = tmp_path / "runs"
+    shutil.copytree(out, runs / "r" / "export-gguf")
+    found = find_models(runs)
+    assert found["r · GGUF q4_k_m (llama.cpp)"] == str(runs / "r" / "export-gguf" / "q4_k_m")
+    from factory.inference import open_model
+
+    model = open_model(found["r · GGUF f16 (llama.cpp)"], threads=1)
+    image = str(sorted((synth_root / "image").rglob("*.jpg"))[0])
+    events = list(stream(model, image, max_new_tokens=6))
+    kind, result = events[-1]
+    assert kind == "done" and set(result["probs"]) == set(model.labels)
+    assert all(k == "text" for k, _ in events[:-1]) and events[-2][1] == model.decode(model.generate(image, max_new_tokens=6, label_probs=False).token_ids)
+    model.close()
+
+
 def test_damaged_or_foreign_packages_are_refused(qwen_gguf, tmp_path):
     from svlm_runtime import Package, PackageError
     from svlm_runtime.gguf import GGUFModel
