@@ -345,11 +345,12 @@ def test_serve_refuses_a_folder_that_is_not_a_transformers_js_export(tmp_path):
 def test_browser_classifies_an_uploaded_image_client_side(web_page, held_out, tiny_processors, tmp_path):
     """Headless Chromium on demo/web: upload, Analyze at the default dtype (q4), read the answer. The label must be
     the one PyTorch gives for that image (the export's fp32 graphs, validated equal to PyTorch, stand in for it);
-    two images with different labels, so a page that ignored the image could not pass. A non-image is refused."""
+    two images with different labels, so a page that ignored the image could not pass; then int8 and fp32 on the
+    second. A non-image is refused."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
     from test_demo import require_chromedriver
 
     from export.transformersjs import TransformersJsRunner
@@ -393,6 +394,14 @@ def test_browser_classifies_an_uploaded_image_client_side(web_page, held_out, ti
                   f"{driver.find_element(By.ID, 'stats').text}; screenshot {shot}")
             assert status(driver) == "done" and answer == label
             assert shot.stat().st_size > 10_000
+        for dtype in ("int8", "fp32"):  # the other dtypes load and answer the same in the page's wasm runtime
+            Select(driver.find_element(By.ID, "dtype")).select_by_value(dtype)
+            driver.find_element(By.ID, "analyze").click()
+            wait.until(lambda d: status(d) == "done" or status(d).startswith("error"))
+            print(f"browser, {dtype}: {driver.find_element(By.ID, 'emotion').get_attribute('data-label')!r}; "
+                  f"{driver.find_element(By.ID, 'stats').text}")
+            assert status(driver) == "done"
+            assert driver.find_element(By.ID, "emotion").get_attribute("data-label") == label
         bad = tmp_path / "notes.jpg"
         bad.write_text("this is not an image")
         driver.find_element(By.ID, "image").send_keys(str(bad))
