@@ -50,6 +50,30 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from factory.data.sources import ImportConfig, import_dataset
+    from factory.errors import DataError
+
+    aliases = {}
+    for pair in args.alias or []:
+        source, sep, label = pair.partition("=")
+        if not sep or not source or not label:
+            raise DataError(f"--alias takes SOURCE=LABEL, got {pair!r}")
+        aliases[source.strip()] = label.strip()
+    try:
+        fractions = [float(x) for x in args.fractions.split(",")]
+    except ValueError:
+        raise DataError(f"--fractions takes three numbers, e.g. 0.8,0.1,0.1; got {args.fractions!r}") from None
+    cfg = ImportConfig(source=args.source, path=args.path, out=args.out, image_column=args.image_column,
+                       label_column=args.label_column, fractions=fractions, seed=args.seed, aliases=aliases,
+                       strict=not args.lenient, overwrite=args.overwrite)
+    report = import_dataset(cfg, progress=not args.quiet)
+    print(f"imported {args.source} {args.path} into {args.out}: " + ", ".join(
+        f"{k} {v}" for k, v in report["images"].items()) + f"; skipped {sum(s['items'] for s in report['skipped'])} "
+        f"{report['skipped_by_kind'] or ''} (report: {Path(args.out) / 'import_report.json'})")
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from factory.data.emoset import SPLITS, read_split
 
@@ -237,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
 
-    data = sub.add_parser("data", help="EmoSet data: synthesize, check").add_subparsers(
+    data = sub.add_parser("data", help="EmoSet data: synthesize, import, check").add_subparsers(
         dest="data_command", required=True, metavar="SUBCOMMAND")
     p = add(data, "synth", "write a synthetic EmoSet in the official layout", cmd_data_synth, overrides=True)
     p.add_argument("--out", help="output folder (default data/synth_emoset)")
@@ -248,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-noise", dest="label_noise", type=float, help="chance of a wrong label (default 0.05)")
     p.add_argument("--face-prob", dest="face_prob", type=float, help="chance a face is drawn (default 0.6)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic dataset at --out")
+
+    p = add(data, "import", "import an image folder or a Hugging Face dataset into the EmoSet layout",
+            cmd_data_import)
+    p.add_argument("source", choices=["imagefolder", "hf"],
+                   help="imagefolder: ROOT/<label>/*.jpg (or ROOT/{train,val,test}/<label>/); hf: a datasets "
+                   "folder (save_to_disk) or a local load_dataset path")
+    p.add_argument("path", help="the image folder or dataset")
+    p.add_argument("--out", required=True, help="the EmoSet-layout folder to write (give it to svlm run / train "
+                   "as data.root / data)")
+    p.add_argument("--image-column", dest="image_column", default="image", help="hf: the image column")
+    p.add_argument("--label-column", dest="label_column", default="label",
+                   help="hf: the label column (class names or a ClassLabel)")
+    p.add_argument("--fractions", default="0.8,0.1,0.1",
+                   help="train,val,test shares for a source without splits, drawn per label (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that draw (default 0)")
+    p.add_argument("--alias", action="append", metavar="SOURCE=LABEL",
+                   help="map a source label onto an emotion, e.g. happy=amusement (repeatable)")
+    p.add_argument("--lenient", action="store_true", help="skip bad items (unknown label, unreadable image) and "
+                   "report them in import_report.json instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import at --out")
 
     p = add(data, "check", "read an EmoSet root and report bad entries", cmd_data_check)
     p.add_argument("--data", required=True, help="EmoSet data root (holds train.json, image/, annotation/)")
