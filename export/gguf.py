@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -102,10 +103,11 @@ def converter() -> Path:
         path = Path(given)
         if path.is_dir() and (path / "convert_hf_to_gguf.py").is_file():
             return path
+        if path.name.endswith(".tar.gz") and (cached / "convert_hf_to_gguf.py").is_file():
+            return cached  # extracted by an earlier export
         if path.is_file() and path.name.endswith(".tar.gz"):
-            if not (cached / "convert_hf_to_gguf.py").is_file():
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                _extract(path, cached)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _extract(path, cached)
             return cached
         raise ExportError(f"{CONVERTER_ENV}={given} is neither a folder with convert_hf_to_gguf.py nor a "
                           "llama-cpp-python sdist (.tar.gz)")
@@ -215,8 +217,11 @@ def convert(conv: Path, staged: Path, outfile: Path, mmproj: bool) -> None:
     if proc.returncode != 0 or not outfile.is_file():
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "no output"
-        hint = " (its tensor-name map covers the projector's indices only up to the vision tower's layer count: " \
-               "a tower of fewer than 4 layers cannot convert)" if "Can not map tensor" in last else ""
+        hint = ""
+        index = re.findall(r"\.(\d+)\.", last)
+        if "Can not map tensor" in last and index:  # its name map numbers projector layers like tower blocks
+            hint = (f" (its tensor-name map covers indices below the vision tower's layer count only: this "
+                    f"projector needs a tower of at least {int(index[-1]) + 1} layers)")
         raise ExportError(f"llama.cpp's converter failed on the {'mmproj' if mmproj else 'text model'}: {last}{hint}")
     if gguf_tensor_count(outfile) == 0:  # the converter writes an empty mmproj for tensor names it skips
         raise ExportError(f"llama.cpp's converter wrote {outfile.name} with no tensors: it did not recognise the "

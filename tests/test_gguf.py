@@ -299,6 +299,32 @@ def test_converter_source_errors_are_one_clear_line(monkeypatch, tmp_path):
         converter()
 
 
+def test_converter_is_extracted_once_from_an_sdist(monkeypatch, tmp_path):
+    """Given the llama-cpp-python sdist (as pip downloads it), the converter's files are extracted into the cache,
+    and only them; a second call reuses the cache."""
+    import io
+    import tarfile
+
+    from export.gguf import CONVERTER_ENV, bindings_version, converter
+
+    sdist = tmp_path / "llama_cpp_python-x.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py", "LICENSE",
+                     "src/llama.cpp", "convert_lora_to_gguf.py"):
+            data = f"# {name}\n".encode()
+            info = tarfile.TarInfo(f"llama_cpp_python-x/vendor/llama.cpp/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(CONVERTER_ENV, str(sdist))
+    got = converter()
+    assert got == tmp_path / "cache" / "svlm" / f"llama-cpp-python-{bindings_version()}-converter"
+    assert sorted(str(f.relative_to(got)) for f in got.rglob("*") if f.is_file()) == [
+        "LICENSE", "conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    sdist.unlink()
+    assert converter() == got  # cached: the sdist is not read again
+
+
 def test_split_prompt_needs_exactly_one_placeholder():
     from export.build import ExportError
     from export.gguf import split_prompt
