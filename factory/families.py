@@ -10,7 +10,8 @@ and the tiny builders. ``tests/test_families.py`` fails when a registered family
 ``tests/test_registry_owns_families.py`` when code outside this module branches on a family.
 
 Families: InternVL (HF-native ``InternVLForConditionalGeneration``, InternVL3-1B-hf; the default),
-SmolVLM (Idefics3 lineage, SmolVLM-256M/500M/2.2B), Qwen2-VL (Qwen2-VL-2B-Instruct).
+SmolVLM (Idefics3 lineage, SmolVLM-256M/500M/2.2B), Qwen2-VL (Qwen2-VL-2B-Instruct), Qwen2.5-VL
+(Qwen2.5-VL-3B-Instruct and fine-tunes).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class OnnxSplit:
     embed: str = "get_input_embeddings"
     text_model: str = "model.language_model"  # attribute path of the decoder stack (without the head)
     fixed_image_grid: bool = False  # True where only one image grid exports (Qwen2-VL, DESIGN.md §3)
+    # model -> (module, example inputs, input names, dynamic shapes) of a vision graph that is not
+    # ``image_features`` over [images, 3, H, W]: Qwen's dynamic-grid patch sequences (export/qwen_vision.py)
+    vision_graph: Callable[[Any], tuple] | None = None
     # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
     # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
     image_features: Callable[[Any, Any], Any] | None = None
@@ -252,6 +256,20 @@ def _smolvlm_image_features(model, pixel_values):
     return model.model.connector(hidden)
 
 
+def _qwen2vl_vision_graph(model):
+    """Qwen2-VL's tower at any image grid; every block attends to the whole image."""
+    from export.qwen_vision import vision_graph
+
+    return vision_graph(model, windows=False)
+
+
+def _qwen2_5_vl_vision_graph(model):
+    """Qwen2.5-VL's tower at any image grid, window attention as a block mask (fullatt blocks: none)."""
+    from export.qwen_vision import vision_graph
+
+    return vision_graph(model, windows=True)
+
+
 # --- export: the runtime's image preprocessing, read from the (policy-applied) image processor ------------
 def _normalization(ip) -> dict:
     return {"resample": int(ip.resample), "rescale_factor": float(ip.rescale_factor),
@@ -368,7 +386,10 @@ def _build_smolvlm(fam: Family, size: str, parts: TinyParts):
     return config, processor
 
 
-def _build_qwen2vl(fam: Family, size: str, parts: TinyParts):
+def _build_qwen_vl(fam: Family, size: str, parts: TinyParts, config_cls: str, processor_cls: str,
+                   vision_extra: Callable[[dict, int, int], dict]):
+    """Qwen2-VL and Qwen2.5-VL: the same M-RoPE text model, image processor and token ids; ``vision_extra``
+    (sizes, patch, merge) -> the vision config's family-specific keys."""
     import transformers as tf
 
     s = MODEL_SIZES[size]
@@ -386,19 +407,37 @@ def _build_qwen2vl(fam: Family, size: str, parts: TinyParts):
                                        min_pixels=pixels, max_pixels=pixels)
     image_processor = tf.Qwen2VLImageProcessor(**ip)
     patch, merge = image_processor.patch_size, image_processor.merge_size
-    vision = dict(depth=s["v_layers"], embed_dim=s["v_hidden"], hidden_size=s["hidden"], num_heads=s["v_heads"],
-                  patch_size=patch, spatial_merge_size=merge, temporal_patch_size=image_processor.temporal_patch_size,
-                  mlp_ratio=2)
+    vision = dict(num_heads=s["v_heads"], patch_size=patch, spatial_merge_size=merge,
+                  temporal_patch_size=image_processor.temporal_patch_size, **vision_extra(s, patch, merge))
     tok = parts.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=fam.image_token_id(tok),
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    config = getattr(tf, config_cls)(text_config=text, vision_config=vision, image_token_id=fam.image_token_id(tok),
+                                     video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                                     vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     video_processor = tf.Qwen2VLVideoProcessor(patch_size=patch, merge_size=merge,
                                                temporal_patch_size=image_processor.temporal_patch_size)
-    processor = tf.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                    video_processor=video_processor, chat_template=parts.chat_template)
+    processor = getattr(tf, processor_cls)(image_processor=image_processor, tokenizer=tok,
+                                           video_processor=video_processor, chat_template=parts.chat_template)
     return config, processor
+
+
+def _build_qwen2vl(fam: Family, size: str, parts: TinyParts):
+    return _build_qwen_vl(fam, size, parts, "Qwen2VLConfig", "Qwen2VLProcessor", lambda s, patch, merge: dict(
+        depth=s["v_layers"], embed_dim=s["v_hidden"], hidden_size=s["hidden"], mlp_ratio=2))
+
+
+def _qwen2_5_vl_vision(s: dict, patch: int, merge: int) -> dict:
+    """Qwen2.5-VL's tower: SwiGLU blocks, RMSNorm, window attention in all blocks but ``fullatt_block_indexes``
+    (Qwen2.5-VL-3B: windows of 112 pixels = 4 x 4 merged patches at patch 14, full attention in every 8th
+    block). The tiny tower keeps the 4 x 4 merged-patch windows and has at least two blocks, the last one
+    full, so that both kinds of attention are built and exported."""
+    depth = max(2, s["v_layers"])
+    return dict(depth=depth, hidden_size=s["v_hidden"], intermediate_size=s["v_intermediate"],
+                out_hidden_size=s["hidden"], window_size=4 * merge * patch, fullatt_block_indexes=[depth - 1])
+
+
+def _build_qwen2_5_vl(fam: Family, size: str, parts: TinyParts):
+    return _build_qwen_vl(fam, size, parts, "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor", _qwen2_5_vl_vision)
 
 
 _CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -492,14 +531,44 @@ FAMILIES: dict[str, Family] = {
             skip_4bit_modules=("model.visual", "lm_head"),
             # At most 448x448 pixels = 256 visual tokens after the 2x2 merge.
             image_policy={"size.longest_edge": 448 * 448},
-            onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger", fixed_image_grid=True,
-                           unsupported="Qwen2-VL export is not supported yet: its vision encoder exports only at "
-                                       "one fixed image grid and its M-RoPE positions need a runtime port"),
+            onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger",
+                           vision_graph=_qwen2vl_vision_graph,
+                           unsupported="Qwen2-VL export is not supported yet: its vision graph exports at any image "
+                                       "grid (export/qwen_vision.py), but svlm-runtime has no port of its M-RoPE "
+                                       "positions and per-image prompt length"),
             build_tiny=_build_qwen2vl,
             # converts as it is; llama.cpp budgets 8-4096 image tokens unless told the policy's bounds
             gguf=GgufSupport(image_text="<|vision_start|><|image_pad|><|vision_end|>", resize=_qwen2vl_gguf_resize,
                              image_tokens=_qwen2vl_gguf_tokens, unsupported=None,
                              ollama_template=_ollama_chatml("You are a helpful assistant.")),
+        ),
+        Family(
+            name="qwen2_5_vl",
+            model_types=("qwen2_5_vl",),
+            model_class="Qwen2_5_VLForConditionalGeneration",
+            processor_class="Qwen2_5_VLProcessor",
+            image_processor_class="Qwen2VLImageProcessor",
+            video_processor_class="Qwen2VLVideoProcessor",
+            hub_examples=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+            image_token="<|image_pad|>",
+            # Qwen2.5-VL-3B-Instruct's config.json: vocab_size 151936, image_token_id 151655 (the Qwen2.5
+            # tokenizer's <|image_pad|>); its files in factory/assets/hf (PROVENANCE.md): the Qwen2.5 tokenizer,
+            # the Qwen2-VL chat template it ships verbatim, min/max pixels 3136 / 12845056, patch 14, merge 2
+            real=RealCheckpoint("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2.5-vl-3b-instruct", vocab_size=151936),
+            chat_template=_chatml_template("<|vision_start|><|image_pad|><|vision_end|>"),
+            special_tokens=_CHATML + ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+            tokenizer_attrs={},
+            eos_token="<|im_end|>", pad_token="<|endoftext|>",
+            lora_target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+            skip_4bit_modules=("model.visual", "lm_head"),
+            # At most 448x448 pixels = 256 visual tokens after the 2x2 merge, as for Qwen2-VL.
+            image_policy={"size.longest_edge": 448 * 448},
+            onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger",
+                           vision_graph=_qwen2_5_vl_vision_graph,
+                           unsupported="Qwen2.5-VL export is not supported yet: its vision graph exports at any "
+                                       "image grid (export/qwen_vision.py), but svlm-runtime has no port of its "
+                                       "M-RoPE positions and per-image prompt length"),
+            build_tiny=_build_qwen2_5_vl,
         ),
     ]
 }

@@ -13,6 +13,7 @@ REAL_IDS = {
     "internvl": {"vocab": 151674, "image_token_id": 151667, "eos": 151645, "pad": 151643},
     "smolvlm": {"vocab": 49280, "image_token_id": 49190, "eos": 49279, "pad": 2},
     "qwen2vl": {"vocab": 151936, "image_token_id": 151655, "eos": 151645, "pad": 151643},
+    "qwen2_5_vl": {"vocab": 151936, "image_token_id": 151655, "eos": 151645, "pad": 151643},
 }
 
 
