@@ -83,6 +83,14 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
                       external_data=True)
 
 
+def export_vision(model, family, path: Path) -> None:
+    """The vision graph of a family whose registry entry builds its own (``OnnxSplit.vision_graph``: Qwen's
+    dynamic-grid towers, export/qwen_vision.py), with its example input and dynamic axes."""
+    module, args, names, shapes = family.onnx.vision_graph(model.eval().float())
+    with torch.no_grad():
+        _export(module, args, path, names, ["image_features"], shapes)
+
+
 def export_graphs(model, family, pixel_values: torch.Tensor, out: Path) -> dict:
     """Write vision/embed/decoder ONNX files into ``out``; returns the I/O names for the manifest."""
     from torch.export import Dim
@@ -94,9 +102,12 @@ def export_graphs(model, family, pixel_values: torch.Tensor, out: Path) -> dict:
         Dim("past", min=0, max=8192), Dim("total", min=1, max=16384)
     images, keep = Dim("images", min=1, max=64), Dim("keep", min=1, max=8192)
     with torch.no_grad():
-        pv = pixel_values[:1].repeat(2, 1, 1, 1) if pixel_values.shape[0] < 2 else pixel_values[:2]
-        _export(VisionGraph(model, family), (pv,), out / VISION, ["pixel_values"], ["image_features"],
-                {"pixel_values": {0: images}})
+        if family.onnx.vision_graph is not None:
+            export_vision(model, family, out / VISION)
+        else:
+            pv = pixel_values[:1].repeat(2, 1, 1, 1) if pixel_values.shape[0] < 2 else pixel_values[:2]
+            _export(VisionGraph(model, family), (pv,), out / VISION, ["pixel_values"], ["image_features"],
+                    {"pixel_values": {0: images}})
         ids = torch.zeros(2, 3, dtype=torch.long)
         _export(EmbedGraph(model), (ids,), out / EMBED, ["input_ids"], ["inputs_embeds"],
                 {"input_ids": {0: batch, 1: seq}})
