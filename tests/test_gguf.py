@@ -363,3 +363,44 @@ def test_internvl_without_the_tensor_renames_writes_an_empty_mmproj_and_fails(de
     staged = stage(deep_tiny("internvl"), bare, tmp_path / "staged")
     with pytest.raises(ExportError, match="with no tensors"):
         convert(converter(), staged, tmp_path / "mmproj.gguf", mmproj=True)
+
+
+@pytest.mark.parametrize("wheel_present", [True, False])
+def test_ci_installs_llama_cpp_from_the_shared_wheel_or_builds_it(tmp_path, wheel_present):
+    """``.ci/run`` installs llama-cpp-python from ``../shared/wheels`` when the wheel lies there, else builds it
+    from PyPI (CPU only), then the gguf extra, before any test runs (python3 is stubbed: nothing is installed)."""
+    from pathlib import Path
+
+    ci = Path(__file__).resolve().parent.parent / ".ci" / "run"
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(ci, repo / ".ci" / "run")
+    wheel = tmp_path / "shared" / "wheels" / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+    if wheel_present:
+        wheel.parent.mkdir(parents=True)
+        wheel.write_bytes(b"")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # the other install steps find their tools already there (chromedriver, node, npm): stubs that succeed
+    for name, body in {"chromedriver": "exit 0", "node": "exit 0", "npm": "exit 0",
+                       "python3": 'echo "RAN $* CMAKE_ARGS=${CMAKE_ARGS:-}" >> "$LOG"; exit 0'}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "cat", "sh", "env"):
+        if (found := shutil.which(tool)) and not (tools / tool).exists():
+            (tools / tool).symlink_to(found)
+    log = tmp_path / "log"
+    proc = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:{tools}", "LOG": str(log), "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if "llama" in line)
+    if wheel_present:
+        assert "pip install -q ../shared/wheels/llama_cpp_python-0.3.36" in lines[install]
+    else:
+        assert "pip install -q llama-cpp-python==0.3.36" in lines[install]
+        assert "-DGGML_NATIVE=OFF" in lines[install] and "-DGGML_CUDA=OFF" in lines[install]
+    assert 'pip install -q -e .[gguf]' in lines[install + 1]
+    assert install + 1 < next(i for i, line in enumerate(lines) if "-m pytest" in line)
