@@ -419,7 +419,7 @@ def export(cfg: ExportConfig) -> dict:
         shutil.rmtree(old)
     else:
         tmp.rename(out)
-    _log(f"wrote {', '.join(str(out / q) for q in manifests)}")
+    _log(f"wrote {out}: {', '.join(manifests)}")
     return manifests
 
 
