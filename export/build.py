@@ -202,9 +202,11 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
     """Per image: HF pixel values, prefill logits over the prompt and greedy tokens from ``generate``."""
     import torch
 
+    from factory.families import family_of
     from factory.prompts import render_prompt
 
     prompt = render_prompt(processor, style)
+    graph_pixels = family_of(model.config).onnx.graph_pixels
     refs = []
     for img in images:
         inputs = processor(images=[[img]], text=[prompt], return_tensors="pt")
@@ -215,7 +217,8 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
         # the top-2 logit gap per step: a divergence where it is ~0 is a tie, not an export error
         gaps = [float(torch.topk(s[0], 2).values.diff().abs()) for s in out.scores]
         pv = inputs["pixel_values"]  # SmolVLM: [batch, images, 3, H, W]; the vision graph takes [images, 3, H, W]
-        refs.append({"pixel_values": pv.reshape(-1, *pv.shape[-3:]).numpy(), "logits": logits, "top2_gaps": gaps,
+        pv = graph_pixels(model, inputs) if graph_pixels else pv.reshape(-1, *pv.shape[-3:]).numpy()
+        refs.append({"pixel_values": pv, "logits": logits, "top2_gaps": gaps,
                      "tokens": out.sequences[0, inputs["input_ids"].shape[1]:].tolist()})
     return refs
 

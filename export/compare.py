@@ -52,7 +52,9 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
     gaps, same_tokens, same_labels, labels, ties, valid = [], 0, 0, [], 0, 0
     for ref in refs:
         feats = package.vision.run(None, {"pixel_values": ref["pixel_values"].astype(np.float32)})[0]
-        logits, _ = package.prefill(feats, all_logits=True)
+        # M-RoPE packages (Qwen) place the image by its grid, which their vision input's shape carries
+        grid = package.image_grid(ref["pixel_values"]) if getattr(package, "mrope", False) else None
+        logits, _ = package.prefill(feats, all_logits=True, **({"grid": grid} if grid else {}))
         gaps.append(float(np.abs(logits[0] - ref["logits"]).max()))
         gen = package.generate(pixel_values=ref["pixel_values"], max_new_tokens=max_new_tokens, label_probs=False)
         want = until_eos(ref["tokens"], package.eos_ids)

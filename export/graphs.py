@@ -115,13 +115,17 @@ def export_graphs(model, family, pixel_values: torch.Tensor, out: Path) -> dict:
         emb = torch.zeros(b, s, d["hidden"])
         mask = torch.ones(b, p + s, dtype=torch.long)
         pos = torch.arange(p, p + s).expand(b, s)
+        pos_axes = {0: batch, 1: seq}
+        if family.onnx.positions == "mrope":  # [3, batch, seq]: temporal, height, width (Qwen's M-RoPE)
+            pos, pos_axes = pos.expand(3, b, s), {1: batch, 2: seq}
         kept = torch.arange(1, s)  # two positions: a length-1 example would freeze the axis to 1
         kv = tuple(torch.zeros(b, d["kv_heads"], p, d["head_dim"]) for _ in range(2 * d["layers"]))
         shapes = {"inputs_embeds": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
-                  "position_ids": {0: batch, 1: seq}, "logits_to_keep": {0: keep},
+                  "position_ids": pos_axes, "logits_to_keep": {0: keep},
                   "past": tuple({0: batch, 2: past} for _ in kv)}
         _export(DecoderGraph(model, family), (emb, mask, pos, kept, *kv), out / DECODER,
                 ["inputs_embeds", "attention_mask", "position_ids", "logits_to_keep",
                  *kv_names(d["layers"], "past")],
                 ["logits", *kv_names(d["layers"], "present")], shapes)
+    d["positions"] = family.onnx.positions
     return d

@@ -40,7 +40,8 @@ def _rotate_half(x):
 
 
 class QwenVisionGraph(torch.nn.Module):
-    """[grid_h / m, grid_w / m, m², patch_dim] -> the merger's image features [grid_h * grid_w / m², hidden]."""
+    """[grid_h / m, grid_w / m, m², patch_dim] -> the merger's image features [1, grid_h * grid_w / m², hidden]
+    (one image: the batch axis the runtimes' prefill takes)."""
 
     def __init__(self, model, windows: bool):
         super().__init__()
@@ -72,7 +73,7 @@ class QwenVisionGraph(torch.nn.Module):
         for i, block in enumerate(v.blocks):
             x = x + self._attend(block.attn, block.norm1(x), cos, sin, None if i in self.full else window_bias)
             x = x + block.mlp(block.norm2(x))
-        return v.merger(x)
+        return v.merger(x)[None]
 
     @staticmethod
     def _attend(attn, x, cos, sin, bias):

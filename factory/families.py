@@ -59,10 +59,14 @@ class OnnxSplit:
     projector: str  # attribute path of the multimodal projector
     embed: str = "get_input_embeddings"
     text_model: str = "model.language_model"  # attribute path of the decoder stack (without the head)
-    fixed_image_grid: bool = False  # True where only one image grid exports (Qwen2-VL, DESIGN.md §3)
     # model -> (module, example inputs, input names, dynamic shapes) of a vision graph that is not
     # ``image_features`` over [images, 3, H, W]: Qwen's dynamic-grid patch sequences (export/qwen_vision.py)
     vision_graph: Callable[[Any], tuple] | None = None
+    # (model, the processor's outputs for one image) -> that graph's pixel_values (numpy); None: [images, 3, H, W]
+    graph_pixels: Callable[[Any, Any], Any] | None = None
+    # "mrope": the decoder takes [3, batch, seq] positions (temporal, height, width; Qwen's M-RoPE), which
+    # svlm-runtime computes from the image grid; "1d": [batch, seq]
+    positions: str = "1d"
     # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
     # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
     image_features: Callable[[Any, Any], Any] | None = None
@@ -270,6 +274,14 @@ def _qwen2_5_vl_vision_graph(model):
     return vision_graph(model, windows=True)
 
 
+def _qwen_vl_graph_pixels(model, inputs):
+    """The processor's flat patches of one image as the dynamic-grid vision graph takes them."""
+    from export.qwen_vision import to_graph_input
+
+    return to_graph_input(inputs["pixel_values"].numpy(), inputs["image_grid_thw"].numpy(),
+                          model.config.vision_config.spatial_merge_size)
+
+
 # --- export: the runtime's image preprocessing, read from the (policy-applied) image processor ------------
 def _normalization(ip) -> dict:
     return {"resample": int(ip.resample), "rescale_factor": float(ip.rescale_factor),
@@ -306,6 +318,13 @@ def _qwen2vl_gguf_resize(ip) -> dict:
     """Qwen2-VL's smart resize: sides multiples of patch x merge, the area within the size's pixel bounds."""
     return {"kind": "smart_resize", "factor": ip.patch_size * ip.merge_size, "min_pixels": int(ip.size.shortest_edge),
             "max_pixels": int(ip.size.longest_edge), "resample": int(ip.resample)}
+
+
+def _qwen_vl_image_spec(ip) -> dict:
+    """Qwen2-VL / Qwen2.5-VL: smart_resize within the (policy-capped) pixel bounds, then the patch grid."""
+    return {"kind": "qwen_patches", "patch_size": int(ip.patch_size), "merge_size": int(ip.merge_size),
+            "temporal_patch_size": int(ip.temporal_patch_size), "min_pixels": int(ip.size.shortest_edge),
+            "max_pixels": int(ip.size.longest_edge), **_normalization(ip)}
 
 
 def _qwen2vl_gguf_tokens(ip) -> tuple[int, int]:
@@ -532,10 +551,8 @@ FAMILIES: dict[str, Family] = {
             # At most 448x448 pixels = 256 visual tokens after the 2x2 merge.
             image_policy={"size.longest_edge": 448 * 448},
             onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger",
-                           vision_graph=_qwen2vl_vision_graph,
-                           unsupported="Qwen2-VL export is not supported yet: its vision graph exports at any image "
-                                       "grid (export/qwen_vision.py), but svlm-runtime has no port of its M-RoPE "
-                                       "positions and per-image prompt length"),
+                           vision_graph=_qwen2vl_vision_graph, graph_pixels=_qwen_vl_graph_pixels,
+                           positions="mrope", image_spec=_qwen_vl_image_spec),
             build_tiny=_build_qwen2vl,
             # converts as it is; llama.cpp budgets 8-4096 image tokens unless told the policy's bounds
             gguf=GgufSupport(image_text="<|vision_start|><|image_pad|><|vision_end|>", resize=_qwen2vl_gguf_resize,
@@ -564,10 +581,8 @@ FAMILIES: dict[str, Family] = {
             # At most 448x448 pixels = 256 visual tokens after the 2x2 merge, as for Qwen2-VL.
             image_policy={"size.longest_edge": 448 * 448},
             onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger",
-                           vision_graph=_qwen2_5_vl_vision_graph,
-                           unsupported="Qwen2.5-VL export is not supported yet: its vision graph exports at any "
-                                       "image grid (export/qwen_vision.py), but svlm-runtime has no port of its "
-                                       "M-RoPE positions and per-image prompt length"),
+                           vision_graph=_qwen2_5_vl_vision_graph, graph_pixels=_qwen_vl_graph_pixels,
+                           positions="mrope", image_spec=_qwen_vl_image_spec),
             build_tiny=_build_qwen2_5_vl,
         ),
     ]

@@ -282,12 +282,6 @@ def test_smolvlm_exports_validates_and_runs(tiny_dirs, tmp_path, synth_root):
     assert len(gen.token_ids) <= 6 and abs(sum(gen.label_probs.values()) - 1) < 1e-6
 
 
-def test_qwen2vl_is_refused_clearly(tiny_dirs, tmp_path):
-    with pytest.raises(ExportError, match="not supported yet"):
-        export(ExportConfig(model=str(tiny_dirs("qwen2vl")), out=str(tmp_path / "q")))
-    assert not (tmp_path / "q").exists()
-
-
 def test_cli_export_errors_exit_2(tmp_path, capsys):
     from factory.cli import main
 

@@ -47,6 +47,7 @@ def test_tiny_tower_has_window_and_full_attention_blocks(tiny_dirs):
     assert processor.image_processor.size.longest_edge == 12845056  # the real setting; the policy caps it
 
 
+@pytest.mark.slow  # ~25 s; the default suite runs an SFT loss and a GRPO step per family (test_real_tokenizer.py)
 def test_svlm_train_runs_sft_and_grpo_stages(tmp_path, synth_root, cot_dir, small_tiny_dirs, capsys):
     """``svlm train`` stages 1 (SFT) and 2 (GRPO) on a tiny Qwen2.5-VL: each trains its adapter on the
     language model's projections and is evaluated."""

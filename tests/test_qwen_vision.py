@@ -59,8 +59,8 @@ def test_vision_graph_matches_transformers_at_every_grid(towers, family):
         pv, grid, want = _reference(model, processor, _image(width, height))
         got = session.run(None, {"pixel_values": to_graph_input(pv, grid, merge)})[0]
         grids.add(tuple(grid[0]))
-        assert got.shape == want.shape == (int(grid.prod()) // merge ** 2, model.config.text_config.hidden_size)
-        gap = float(np.abs(got - want).max())
+        assert got.shape == (1, *want.shape) == (1, int(grid.prod()) // merge ** 2, model.config.text_config.hidden_size)
+        gap = float(np.abs(got[0] - want).max())
         print(f"{family} {width}x{height} grid {grid[0].tolist()}: max |Δ| {gap:.1e}")
         assert gap < 1e-5, (width, height, gap)
     assert len(grids) == len(SIZES)
@@ -79,7 +79,7 @@ def test_qwen25_window_attention_is_what_makes_it_match(towers):
     graph = QwenVisionGraph(model, windows=True)
     graph.full = set(range(len(graph.visual.blocks)))
     with torch.no_grad():
-        wrong = graph(torch.from_numpy(to_graph_input(pv, grid, 2))).numpy()
+        wrong = graph(torch.from_numpy(to_graph_input(pv, grid, 2)))[0].numpy()
     assert np.abs(wrong - want).max() > 1e-4
 
 

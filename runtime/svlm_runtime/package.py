@@ -8,7 +8,9 @@ tokenizers and Pillow only (no torch, no transformers; a test enforces it).
     result.label_probs, result.label_probs_forced          # per-label probabilities of the answer
 
 The prompt is the package's stored token ids (the question with the image placeholders already expanded by
-the family's processor at export), so the runtime needs no chat-template engine. Image features replace the
+the family's processor at export), so the runtime needs no chat-template engine (Qwen's image token count
+follows the image size: the stored prompt's image run is re-expanded per image, and the decoder's M-RoPE
+positions are computed from the image grid, ``Package._prompt``). Image features replace the
 embeddings of the image placeholder tokens, then one decoder graph runs prefill (past length 0) and each
 decode step with its KV cache. After generation every label is scored as a whole token sequence after the
 model's ``<answer>`` (``svlm_runtime.label_scoring``): the cache is cut back to the shared context and the
@@ -209,6 +211,9 @@ class Package:
         self.image_token_id = t["image_token_id"]
         self.eos_ids = set(t["eos_token_ids"])
         self.dims = self.manifest["text"]
+        # Qwen2-VL / Qwen2.5-VL: the decoder takes M-RoPE positions [3, batch, seq] (temporal, height, width),
+        # and the image's token count follows its size (the prompt's image run is re-expanded per image)
+        self.mrope = self.dims.get("positions") == "mrope"
         inputs = [i.name for i in self.decoder.get_inputs()]
         self.past_names = [name for name in inputs if name.startswith("past.")]
         # packages exported before the decoder took logits_to_keep compute logits at every position
@@ -234,10 +239,42 @@ class Package:
     def pixel_values(self, image) -> np.ndarray:
         return preprocess(image, self.manifest["image"])
 
+    def image_grid(self, pixel_values: np.ndarray) -> tuple[int, int] | None:
+        """The image's merged-patch grid (rows, columns) where the positions depend on it (M-RoPE), else None:
+        Qwen's vision input carries it in its shape ([rows, cols, m², patch_dim])."""
+        return (int(pixel_values.shape[0]), int(pixel_values.shape[1])) if self.mrope else None
+
+    def _prompt(self, slots: int, grid: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(prompt ids with ``slots`` image tokens, their M-RoPE positions [3, n] or None, the offset of the
+        positions of the tokens after the prompt from their index). Qwen's rule (transformers'
+        ``get_rope_index``): text counts up on all three axes; the image's tokens sit at the position p where
+        it starts, plus their row on the height axis and column on the width axis; text after it resumes at
+        p + max(rows, cols)."""
+        ids = self.prompt_ids
+        if not self.mrope:
+            return ids, None, 0
+        at = np.flatnonzero(ids == self.image_token_id)
+        if len(at) == 0 or at[-1] - at[0] + 1 != len(at):
+            raise PackageError("the prompt must hold one run of image tokens")
+        rows, cols = grid
+        if rows * cols != slots:
+            raise PackageError(f"an image grid of {rows}x{cols} cannot fill {slots} image slots")
+        ids = np.concatenate([ids[:at[0]], np.full(slots, self.image_token_id, np.int64), ids[at[-1] + 1:]])
+        start, after = int(at[0]), len(ids) - int(at[0]) - slots
+        image = np.stack([np.full(slots, start), start + np.repeat(np.arange(rows), cols),
+                          start + np.tile(np.arange(cols), rows)])
+        text_after = start + max(rows, cols) + np.arange(after)
+        positions = np.concatenate([np.broadcast_to(np.arange(start), (3, start)), image,
+                                    np.broadcast_to(text_after, (3, after))], axis=1).astype(np.int64)
+        return ids, positions, int(positions.max()) + 1 - len(ids)
+
     def _decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray],
-                keep: np.ndarray | None = None):
+                keep: np.ndarray | None = None, delta: int = 0):
         """One decoder run: (logits at the ``keep`` positions of the new tokens — default the last one —,
-        the KV cache)."""
+        the KV cache). ``positions`` [batch, new] are the tokens' indices in the sequence; M-RoPE decoders
+        get them plus ``delta`` on all three axes (M-RoPE prompts pass their own [3, batch, new])."""
+        if self.mrope and positions.ndim == 2:
+            positions = np.ascontiguousarray(np.broadcast_to((positions + delta)[None], (3, *positions.shape)))
         keep = np.array([embeds.shape[1] - 1], np.int64) if keep is None else np.asarray(keep, np.int64)
         feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
         if self.keeps_logits:
@@ -246,10 +283,17 @@ class Package:
         out = self.decoder.run(None, feed)
         return (out[0] if self.keeps_logits else out[0][:, keep]), out[1:]
 
-    def prefill(self, features: np.ndarray, all_logits: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    def prefill(self, features: np.ndarray, all_logits: bool = False,
+                grid: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Run the prompt with image ``features`` [batch, slots, dim] in its image slots, one row per image:
-        (logits at its last position, or at every position with ``all_logits``, and the KV cache)."""
-        ids = self.prompt_ids[None]
+        (logits at its last position, or at every position with ``all_logits``, and the KV cache). ``grid``:
+        the images' ``image_grid`` (M-RoPE packages: all rows of one size)."""
+        return self._prefill(features, all_logits, grid)[:2]
+
+    def _prefill(self, features: np.ndarray, all_logits: bool, grid: tuple[int, int] | None):
+        """``prefill``, and the prompt it ran and its ``delta`` (see ``_prompt``)."""
+        prompt, mrope_positions, delta = self._prompt(features.shape[1], grid)
+        ids = prompt[None]
         batch, n = features.shape[0], ids.shape[1]
         embeds = np.repeat(self.embed.run(None, {"input_ids": ids})[0], batch, axis=0)
         slots = ids[0] == self.image_token_id
@@ -258,9 +302,13 @@ class Package:
         embeds[:, slots] = features
         past = [np.zeros((batch, self.dims["kv_heads"], 0, self.dims["head_dim"]), np.float32)
                 for _ in self.past_names]
-        positions = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int64), (batch, n)))
-        return self._decode(embeds, np.ones((batch, n), np.int64), positions, past,
-                            np.arange(n) if all_logits else None)
+        if mrope_positions is not None:
+            positions = np.ascontiguousarray(np.broadcast_to(mrope_positions[:, None], (3, batch, n)))
+        else:
+            positions = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int64), (batch, n)))
+        logits, past = self._decode(embeds, np.ones((batch, n), np.int64), positions, past,
+                                    np.arange(n) if all_logits else None)
+        return logits, past, prompt, delta
 
     def generate(self, image=None, *, pixel_values: np.ndarray | None = None, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
@@ -288,7 +336,8 @@ class Package:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         workers = workers or self.workers
-        size = batch_size if self.batch_invariant else 1
+        # M-RoPE packages: each image's prompt length follows its size, so one image per batch
+        size = batch_size if self.batch_invariant and not self.mrope else 1
         units = [images[at:at + size] for at in range(0, len(images), size)]
 
         def run(index: int) -> list[Generation]:
@@ -322,8 +371,8 @@ class Package:
         t_pre = time.perf_counter()
         features = np.concatenate([self.vision.run(None, {"pixel_values": pv.astype(np.float32)})[0] for pv in pvs])
         t_vis = time.perf_counter()
-        logits, past = self.prefill(features)
-        n, batch = self.prompt_ids.shape[0], len(pvs)
+        logits, past, prompt, delta = self._prefill(features, False, self.image_grid(pvs[0]))
+        n, batch = prompt.shape[0], len(pvs)
         out_ids: list[list[int]] = [[] for _ in range(batch)]
         stopped, ended = ["length"] * batch, [0.0] * batch
         pasts: list[list[np.ndarray] | None] = [None] * batch  # each row's cache when it stopped (label scoring)
@@ -359,7 +408,7 @@ class Package:
             feed = np.asarray([[tokens[i]] for i in going], np.int64)
             emb = self.embed.run(None, {"input_ids": feed})[0]
             logits, past = self._decode(emb, np.ones((len(rows), pos + 1), np.int64),
-                                        np.full((len(rows), 1), pos, np.int64), past)
+                                        np.full((len(rows), 1), pos, np.int64), past, delta=delta)
         end = time.perf_counter()
         for i, row in enumerate(rows):
             if stopped[row] == "length":  # still generating when the budget ran out
@@ -374,7 +423,7 @@ class Package:
                 on_text(text[sent:])
             parsed = self.answer_format.parse(text)
             t_label = time.perf_counter()
-            probs, forced = self.score_labels(out_ids[row], pasts[row]) if label_probs else ({}, False)
+            probs, forced = self.score_labels(out_ids[row], pasts[row], prompt, delta) if label_probs else ({}, False)
             results.append(Generation(text=text, token_ids=out_ids[row], label=parsed.label,
                                       well_formed=parsed.well_formed, ttft_s=first_at - t0,
                                       decode_s=ended[row] - first_at, preprocess_s=t_pre - t0,
@@ -400,22 +449,26 @@ class Package:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def score_labels(self, token_ids: list[int], past: list[np.ndarray]) -> tuple[dict[str, float], bool]:
+    def score_labels(self, token_ids: list[int], past: list[np.ndarray], prompt: np.ndarray | None = None,
+                     delta: int = 0) -> tuple[dict[str, float], bool]:
         """Per-label probabilities of the answer after the generated ``token_ids`` (``label_scoring``), and
-        whether they were forced. ``past`` is the KV cache of the prompt followed by every one of ``token_ids``."""
+        whether they were forced. ``past`` is the KV cache of the prompt followed by every one of ``token_ids``;
+        ``prompt`` and ``delta``: the prompt that ran and its position offset (``_prefill``; default: the
+        stored prompt)."""
+        prompt = self.prompt_ids if prompt is None else prompt
         from svlm_runtime.label_scoring import label_probabilities, plan_label_scoring
 
         plan = plan_label_scoring(token_ids, self.encode, self.decode, self.labels, self.style, self.answer_format)
-        context = [*self.prompt_ids.tolist(), *token_ids[:plan.kept], *plan.bridge]
+        context = [*prompt.tolist(), *token_ids[:plan.kept], *plan.bridge]
         # Cache every context token but the last, which is fed again with each label so that its logits
         # score the label's first token.
-        cached = len(self.prompt_ids) + plan.kept - (not plan.bridge)
+        cached = len(prompt) + plan.kept - (not plan.bridge)
         past = [p[:, :, :cached] for p in past]
         if len(plan.bridge) > 1:
             feed = np.asarray([plan.bridge[:-1]], np.int64)
             n = feed.shape[1]
             _, past = self._decode(self.embed.run(None, {"input_ids": feed})[0], np.ones((1, cached + n), np.int64),
-                                   np.arange(cached, cached + n, dtype=np.int64)[None], past)
+                                   np.arange(cached, cached + n, dtype=np.int64)[None], past, delta=delta)
             cached += n
         rows = [[context[-1], *ids[:-1]] for ids in plan.labels.values()]
         width, batch = max(map(len, rows)), len(rows)
@@ -427,7 +480,7 @@ class Package:
             mask[b, cached:cached + len(row)] = 1
         positions = np.broadcast_to(np.arange(cached, cached + width, dtype=np.int64), (batch, width))
         logits, _ = self._decode(self.embed.run(None, {"input_ids": ids})[0], mask, np.ascontiguousarray(positions),
-                                 [np.repeat(p, batch, axis=0) for p in past], np.arange(width))
+                                 [np.repeat(p, batch, axis=0) for p in past], np.arange(width), delta=delta)
         sums = {}
         for b, (label, target) in enumerate(plan.labels.items()):
             z = logits[b, :len(target)].astype(np.float64)

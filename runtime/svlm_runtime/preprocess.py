@@ -74,8 +74,28 @@ def longest_edge_square(img: Image.Image, spec: dict) -> np.ndarray:
     return _normalize(img, spec)
 
 
-#: manifest["image"]["kind"] -> function(PIL image, spec) -> pixel_values [1, 3, H, W]
-PREPROCESSORS = {"resize_normalize": resize_normalize, "longest_edge_square": longest_edge_square}
+def qwen_patches(img: Image.Image, spec: dict) -> np.ndarray:
+    """Qwen2-VL / Qwen2.5-VL (PIL processor, one still image): ``smart_resize`` to multiples of patch x merge
+    within the pixel bounds, rescale, normalize, then the processor's patches (each repeated over the temporal
+    patch) in merge-block order, shaped [grid_h / m, grid_w / m, m², 3 * t * p * p] as the vision graph takes
+    them (export/qwen_vision.py): the grid is in the shape, so any image size runs."""
+    from svlm_runtime.gguf import smart_resize  # one copy of the rule (imported here: gguf imports package)
+
+    p, m, t = spec["patch_size"], spec["merge_size"], spec["temporal_patch_size"]
+    h, w = smart_resize(img.height, img.width, p * m, spec["min_pixels"], spec["max_pixels"])
+    if img.size != (w, h):
+        img = img.resize((w, h), resample=Image.Resampling(spec["resample"]))
+    arr = _normalize(img, spec)[0]  # [3, h, w]
+    gh, gw = h // p, w // p
+    patches = arr.reshape(3, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)  # (bh, bw, mh, mw, c, p, p)
+    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], t, p, p))
+    return np.ascontiguousarray(patches.reshape(gh // m, gw // m, m * m, 3 * t * p * p), dtype=np.float32)
+
+
+#: manifest["image"]["kind"] -> function(PIL image, spec) -> the vision graph's pixel_values ([1, 3, H, W] but
+#: for Qwen's patch grids)
+PREPROCESSORS = {"resize_normalize": resize_normalize, "longest_edge_square": longest_edge_square,
+                 "qwen_patches": qwen_patches}
 
 
 def preprocess(source, spec: dict) -> np.ndarray:
