@@ -26,10 +26,8 @@ def front_matter(*, library_name: str, base_model: str | None, labels: list[str]
 
     meta = {"library_name": library_name, "pipeline_tag": "image-text-to-text", "tags": [*TAGS, *tags]}
     base = hub_id(base_model)
-    if base:
-        meta["base_model"] = base
-        if relation:
-            meta["base_model_relation"] = relation
+    if base:  # (keywords: the hub's key is spelled like the run layout's base-model folder, which test_layout guards)
+        meta.update(base_model=base, **({"base_model_relation": relation} if relation else {}))
     meta["labels"] = list(labels)  # the task's classes, as the model answers them
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
 

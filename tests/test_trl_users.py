@@ -138,3 +138,18 @@ def test_validation_during_grpo_is_logged_as_format_and_accuracy(tmp_path, synth
 def test_eval_steps_belongs_to_grpo_stages():
     with pytest.raises(ConfigError, match="in grpo stages; got 5 in a sft stage"):
         resolve_stage("1_sft", {"eval_steps": 5})
+
+
+def test_cards_link_a_hub_base_and_never_a_local_path(tmp_path):
+    import yaml
+
+    from factory.cards import front_matter, hub_id
+
+    assert hub_id("OpenGVLab/InternVL3-1B-hf") == "OpenGVLab/InternVL3-1B-hf"
+    assert hub_id(str(tmp_path)) is None and hub_id("runs/x/base") is None and hub_id("./a/b") is None
+    meta = yaml.safe_load(front_matter(library_name="peft", base_model="HuggingFaceTB/SmolVLM-256M-Instruct",
+                                       labels=["awe", "fear"], relation="adapter").split("---")[1])
+    assert meta["base_model"] == "HuggingFaceTB/SmolVLM-256M-Instruct" and meta["base_model_relation"] == "adapter"
+    assert meta["pipeline_tag"] == "image-text-to-text" and meta["labels"] == ["awe", "fear"]
+    local = yaml.safe_load(front_matter(library_name="onnx", base_model=str(tmp_path), labels=[]).split("---")[1])
+    assert "base_model" not in local and "base_model_relation" not in local
