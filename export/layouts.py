@@ -26,4 +26,6 @@ LAYOUTS: dict[str, Layout] = {
                               "transformers.js 4.3.1 in Node or a browser (SmolVLM; dtypes fp32, int8, q4)"),
     "gguf": Layout("export.gguf:build", ("f16", "q8_0", "q4_k_m"),
                    "llama.cpp (llama-mtmd-cli, llama-cpp-python), Ollama, LM Studio (InternVL, Qwen2-VL)"),
+    "genai": Layout("export.genai:build", QUANTS,
+                    "ONNX Runtime GenAI 0.18 (Python, C, C#, Java, Objective-C; Qwen2.5-VL)"),
 }

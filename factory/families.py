@@ -67,6 +67,8 @@ class OnnxSplit:
     # "mrope": the decoder takes [3, batch, seq] positions (temporal, height, width; Qwen's M-RoPE), which
     # svlm-runtime computes from the image grid; "1d": [batch, seq]
     positions: str = "1d"
+    # ONNX Runtime GenAI's model type for ``svlm export --layout genai`` (export/genai.py); None: refused
+    genai_type: str | None = None
     # pixel_values [n_images, 3, H, W] -> projected image features [n_images, tokens, hidden]; called on the
     # HF model inside the exported vision graph, so it must avoid data-dependent indexing.
     image_features: Callable[[Any, Any], Any] | None = None
@@ -582,7 +584,7 @@ FAMILIES: dict[str, Family] = {
             image_policy={"size.longest_edge": 448 * 448},
             onnx=OnnxSplit(vision="model.visual", projector="model.visual.merger",
                            vision_graph=_qwen2_5_vl_vision_graph, graph_pixels=_qwen_vl_graph_pixels,
-                           positions="mrope", image_spec=_qwen_vl_image_spec),
+                           positions="mrope", image_spec=_qwen_vl_image_spec, genai_type="qwen2_5_vl"),
             build_tiny=_build_qwen2_5_vl,
         ),
     ]
