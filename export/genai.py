@@ -220,7 +220,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     from transformers import AutoConfig
 
     from factory.families import family_of
-    from factory.prompts import render_prompt
+    from factory.prompts import ANSWER_FORMAT, EMOTIONS, render_prompt
     from svlm_runtime.package import sha256
 
     family = family_of(AutoConfig.from_pretrained(base))
@@ -276,7 +276,8 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         manifest = {"layout": "genai", "family": family.name, "runtime": "onnxruntime-genai 0.18.0",
                     "quantization": {"name": quant, "decoder": f"onnxruntime_genai builder -p {PRECISION[quant]}",
                                      "vision": "fp32", "embedding": "fp32"},
-                    "prompt": prompt, "source": provenance,
+                    "prompt": prompt, "labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest(),
+                    "source": provenance,
                     "validation": {**validation, "merge_max_abs_logit_diff": merge_gap},
                     "files": listed, "size_bytes": sum(f["bytes"] for f in listed.values()),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -3,6 +3,8 @@
 A model spec is a path:
 * an ONNX package (a folder with ``manifest.json``, written by ``svlm export``): ``svlm_runtime.Package``;
 * a GGUF package (``svlm export --layout gguf``): ``svlm_runtime.gguf.GGUFModel`` (llama.cpp);
+* a GenAI package (``svlm export --layout genai``): ``svlm_runtime.genai.GenAIModel`` (ONNX Runtime GenAI; no
+  per-label probabilities yet);
 * a stage output (``runs/NAME/STAGE``, holding ``adapter/``): base + adapter merged, PyTorch fp32, eager;
 * a plain checkpoint folder (``config.json``): PyTorch fp32, eager.
 
@@ -248,6 +250,12 @@ def open_model(spec: str | Path, threads: int | None = None, low_memory: bool = 
         from svlm_runtime.gguf import GGUFModel
 
         return GGUFModel(path, threads=threads)
+    from svlm_runtime.genai import is_genai_package
+
+    if is_genai_package(path):  # ONNX Runtime GenAI (svlm export --layout genai): one image at a time
+        from svlm_runtime.genai import GenAIModel
+
+        return GenAIModel(path, threads=threads)
     if (path / "manifest.json").is_file():
         from svlm_runtime.package import Package
 

@@ -123,3 +123,81 @@ def test_genai_fp32_matches_pytorch_at_every_image_size(genai_packages, tiny_dir
         print(f"genai fp32 {width}x{height} grid {grid}: max |Δlogits| {gap:.1e}, tokens {tokens == want.tolist()}")
         assert tokens == want.tolist(), (width, height)
         assert gap < (1e-5 if (width, height) in UNRESIZED else 1e-3)
+
+
+@pytest.fixture(scope="module")
+def qwen25_baseline_run(tmp_path_factory, synth_root, tiny_dirs):
+    """A tiny real-tokenizer Qwen2.5-VL whose label-only baseline answers <answer>label</answer> from the image
+    (conftest's ``train_label_adapter``; ``svlm train`` then evaluates it as stage 0_baseline)."""
+    from conftest import train_label_adapter
+    from factory import config as config_lib
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "q", "data": str(synth_root),
+        "model": {"source": str(tiny_dirs("qwen2_5_vl"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
+    train_label_adapter(str(tiny_dirs("qwen2_5_vl")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
+    train(cfg, ["0_baseline"], progress=False)
+    return cfg.run_dir
+
+
+@pytest.mark.slow  # ~4 min: a label adapter trained, merged, and three GenAI packages validated on 8 images
+def test_genai_packages_of_a_trained_stage_agree_with_pytorch_on_labels(qwen25_baseline_run):
+    """From a run's stage (the adapter merged, its validation images): fp32 gives PyTorch's tokens, and the
+    quantized packages' label agreement is recorded over images where PyTorch's labels differ, so an
+    image-blind package could not score it."""
+    out = qwen25_baseline_run / "export-genai"
+    manifests = export(ExportConfig(run=str(qwen25_baseline_run), layout="genai", validate_images=8,
+                                    max_new_tokens=12))
+    assert sorted(p.name for p in out.iterdir()) == [".svlm-export", "fp32", "int4", "int8", "merged"]
+    fp32 = manifests["fp32"]["validation"]
+    torch_labels = [t for t, _ in fp32["labels_torch_onnx"]]
+    assert fp32["greedy_tokens_identical"] == 1.0 and fp32["label_agreement"] == 1.0
+    assert all(t is not None for t in torch_labels) and len(set(torch_labels)) >= 2, torch_labels
+    for quant in ("int8", "int4"):
+        v = manifests[quant]["validation"]
+        print(f"genai {quant}: label agreement {v['label_agreement']:.0%} of {v['labels_valid_torch']}, greedy "
+              f"tokens identical {v['greedy_tokens_identical']:.0%}, max |Δlogits| {v['max_abs_logit_diff']:.2e}")
+        assert [t for t, _ in v["labels_torch_onnx"]] == torch_labels
+        assert v["labels_valid_torch"] == 8 and v["label_agreement"] is not None
+    assert manifests["fp32"]["source"]["stage"] == "0_baseline"
+
+
+@pytest.mark.slow
+def test_bench_latency_times_a_genai_package_without_torch(genai_packages, tmp_path):
+    """``svlm bench latency``'s measurement opens a GenAI package through ``open_model``; the runtime wrapper
+    answers like GenAI's own loop and imports neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    from benchmarks.latency import measure_one
+    from export.genai import GenAIPackage
+    from factory.inference import open_model
+    from svlm_runtime.package import PackageError
+
+    out, manifests = genai_packages
+    image = tmp_path / "i.png"
+    _image(336, 224).save(image)
+    model = open_model(out / "int4", threads=1)
+    assert (model.kind, model.name, model.size_bytes) == ("genai", "model genai-int4", manifests["int4"]["size_bytes"])
+    chunks = []
+    gen = model.generate(image, max_new_tokens=8, label_probs=False, on_text=chunks.append)
+    tokens, _, _, _ = GenAIPackage(out / "int4").generate(image, model.prompt, 8)
+    assert gen.token_ids == [t for t in tokens if t not in set(model.tokenizer.eos_token_ids)][:len(gen.token_ids)]
+    assert "".join(chunks) == gen.text and gen.ttft_s > 0 and len(gen.token_ids) <= 8
+    with pytest.raises(PackageError, match="label_probs=False"):
+        model.generate(image, max_new_tokens=2)
+    row = measure_one(str(out / "int4"), [str(image)], runs=2, warmup=1, threads=1, max_new_tokens=6)
+    assert row["kind"] == "genai" and row["ttft_s"]["p50"] > 0 and row["decode_tokens_per_s"]["p50"] > 0
+    code = (f"import sys; from svlm_runtime.genai import GenAIModel; m = GenAIModel({str(out / 'fp32')!r}); "
+            f"print(m.generate({str(image)!r}, max_new_tokens=4, label_probs=False).token_ids); "
+            "bad = [m for m in ('torch', 'transformers', 'factory', 'export') if m in sys.modules]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    damaged = tmp_path / "damaged"
+    import shutil
+
+    shutil.copytree(out / "int8", damaged)
+    (damaged / "vision.onnx").write_bytes((damaged / "vision.onnx").read_bytes()[:-10])
+    with pytest.raises(PackageError, match="vision.onnx"):
+        open_model(damaged)
