@@ -307,7 +307,8 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
             same_tokens += 1
         else:
             first = first_divergence(gen.token_ids, want)
-            diverged.append(_shortfall(ref, first, gen.token_ids, rounding_ties))
+            top2 = ref["top2_gaps"][first] if first < len(ref["top2_gaps"]) else float("inf")
+            diverged.append((top2, _shortfall(ref, first, gen.token_ids)))
         ref_label = parse_answer(processor.tokenizer.decode(want, skip_special_tokens=True)).label
         if ref_label is not None:
             valid += 1
@@ -315,24 +316,27 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
         labels.append([ref_label, gen.label])
     n = len(refs)
     threshold = max(tie, max(gaps)) if rounding_ties else tie
-    ties = sum(g < threshold for g in diverged)  # inf (stopped early, or outside PyTorch's top k): never a tie
+    # f16: llama.cpp's token within the gap of PyTorch's best; quantized: PyTorch's own top-2 gap below tie
+    ties = sum((short if rounding_ties else top2) < threshold for top2, short in diverged)  # inf: never a tie
     return {"images": n, "prompt_ids_identical": prompt_ok / n,
             "max_abs_logit_diff": max(gaps), "logit_diff_at": "the last prompt position (llama.cpp keeps only "
                                                              "the logits it is asked for)",
             "greedy_tokens_identical": (same_tokens + ties) / n, "diverged_at_ties": ties, "tie_threshold": threshold,
-            "shortfall_at_divergence": diverged, "labels_valid_torch": valid,
+            # None: llama.cpp stopped there, or chose a token outside PyTorch's top 16
+            "top2_gap_at_divergence": [_finite(t) for t, _ in diverged],
+            "shortfall_at_divergence": [_finite(d) for _, d in diverged],
+            "labels_valid_torch": valid,
             "label_agreement": same_labels / valid if valid else None, "labels_torch_gguf": labels}
 
 
-def _shortfall(ref: dict, step: int, got: list[int], rounding_ties: bool) -> float:
+def _finite(x: float) -> float | None:
+    return None if x == float("inf") else x
+
+
+def _shortfall(ref: dict, step: int, got: list[int]) -> float:
     """How far below PyTorch's best logit the token llama.cpp chose at ``step`` lies in PyTorch's logits (inf
-    when it stopped there, or chose a token outside PyTorch's top k); without ``rounding_ties``, PyTorch's top-2
-    gap there (the ONNX layouts' tie rule)."""
-    if step >= len(ref["top2_gaps"]):
-        return float("inf")
-    if not rounding_ties:
-        return ref["top2_gaps"][step]
-    if step >= len(got) or got[step] not in ref["top_ids"][step]:
+    when it stopped there, or chose a token outside PyTorch's top k)."""
+    if step >= len(ref["top_ids"]) or step >= len(got) or got[step] not in ref["top_ids"][step]:
         return float("inf")
     return ref["top_logits"][step][0] - ref["top_logits"][step][ref["top_ids"][step].index(got[step])]
 
