@@ -1,4 +1,4 @@
-"""One interface for every model the benchmarks and the demo run: an ONNX or GGUF package or a PyTorch stage.
+"""One interface for every model the benchmarks and the demo run: an ONNX, GGUF or GenAI package or a PyTorch stage.
 
 A model spec is a path:
 * an ONNX package (a folder with ``manifest.json``, written by ``svlm export``): ``svlm_runtime.Package``;
@@ -8,12 +8,13 @@ A model spec is a path:
 * a stage output (``runs/NAME/STAGE``, holding ``adapter/``): base + adapter merged, PyTorch fp32, eager;
 * a plain checkpoint folder (``config.json``): PyTorch fp32, eager.
 
-Both answer the question the model was trained (or exported) with through the runtime's interface:
+All answer the question the model was trained (or exported) with through the runtime's interface:
 ``generate(image, max_new_tokens=…, on_text=…, label_probs=…) -> Generation`` and
 ``generate_batch(images, batch_size=…, on_batch=…) -> list[Generation]``, plus ``name``, ``kind``
-(``"onnx"`` / ``"pytorch"``), ``style`` and ``size_bytes``. Both score per-label probabilities with the one
-plan of ``svlm_runtime.label_scoring`` (the package with its KV cache, ``TorchModel`` with one batched forward
-pass). Timings mean the same in both: preprocessing, vision encoding, time to first token (image in → first
+(``"onnx"`` / ``"pytorch"`` / …), ``style`` and ``size_bytes``. The svlm package and ``TorchModel`` score
+per-label probabilities with the one plan of ``svlm_runtime.label_scoring`` (the package with its KV cache,
+``TorchModel`` with one batched forward pass); the GGUF runner scores them on its own cut-back cache. Timings
+mean the same in all: preprocessing, vision encoding, time to first token (image in → first
 token) and decode time.
 """
 
@@ -240,9 +241,10 @@ def _rgb(image):
 
 
 def open_model(spec: str | Path, threads: int | None = None, low_memory: bool = False, workers: int = 1):
-    """A ``Package`` or ``TorchModel`` for a path (see the module docstring); ``low_memory`` and ``workers``
-    (batches ``generate_batch`` runs at once, 0: one per core) apply to packages: PyTorch spreads each operation over the
-    cores itself."""
+    """A ``Package``, ``GGUFModel``, ``GenAIModel`` or ``TorchModel`` for a path (see the module docstring).
+    ``low_memory`` and ``workers`` (batches ``generate_batch`` runs at once, 0: one per core) apply to svlm
+    packages: PyTorch spreads each operation over the cores itself, and the other runtimes decode one image at
+    a time."""
     path = Path(spec)
     from svlm_runtime.gguf import is_gguf_package
 
@@ -262,5 +264,5 @@ def open_model(spec: str | Path, threads: int | None = None, low_memory: bool = 
         return Package(path, threads=threads, low_memory=low_memory, workers=workers)
     if (path / "adapter" / "adapter_config.json").is_file() or (path / "config.json").is_file():
         return TorchModel(path, threads)
-    raise SVLMError(f"{spec} is neither a package (manifest.json: ONNX or GGUF), a stage output (adapter/) nor a "
-                    "checkpoint (config.json)")
+    raise SVLMError(f"{spec} is neither a package (svlm ONNX, GGUF or ONNX Runtime GenAI), a stage output "
+                    "(adapter/) nor a checkpoint (config.json)")

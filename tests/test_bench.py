@@ -101,4 +101,5 @@ def test_bench_cli_rejects_what_is_not_a_model(tmp_path, synth_root, capsys):
     from factory.cli import main
 
     assert main(["bench", "accuracy", "--models", str(tmp_path), "--data", str(synth_root), "-q"]) == 2
-    assert "neither an ONNX package" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is neither a package (svlm ONNX, GGUF or ONNX Runtime GenAI)" in err and "checkpoint" in err

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from svlm_runtime.answer_format import AnswerFormat
-from svlm_runtime.package import MANIFEST, Generation, PackageError, sha256
+from svlm_runtime.package import MANIFEST, Generation, PackageError, check_files
 
 LAYOUT = "gguf"
 FORMAT_VERSION = 1
@@ -72,24 +72,7 @@ def read_gguf_manifest(path: str | Path, verify: bool = True) -> dict:
             raise PackageError(f"{mf}: {key} {name!r} is not a file name inside the package")
         if not isinstance(files, dict) or name not in files:
             raise PackageError(f"{mf}: {name} not listed in files (unverified content)")
-    for name, info in files.items():
-        f = root / Path(name).name
-        if Path(name).name != name or not isinstance(info, dict) or not isinstance(info.get("bytes"), int) \
-                or not isinstance(info.get("sha256"), str):
-            raise PackageError(f"{mf}: files[{name!r}] needs a bare file name, bytes and sha256")
-        if not f.is_file():
-            raise PackageError(f"{root} is incomplete: {name} is missing")
-        if f.stat().st_size != info["bytes"]:
-            raise PackageError(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']} "
-                               "(truncated or replaced)")
-    try:
-        AnswerFormat.from_manifest(manifest)
-    except ValueError as exc:
-        raise PackageError(f"{mf}: {exc}") from None
-    if verify:
-        for name, info in files.items():
-            if sha256(root / name) != info["sha256"]:
-                raise PackageError(f"{root}: {name} does not match its sha256 in the manifest (damaged or altered)")
+    check_files(root, mf, manifest, verify)
     return manifest
 
 

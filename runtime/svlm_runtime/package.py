@@ -123,7 +123,15 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
     unlisted = sorted(needed - set(files))
     if unlisted:
         raise PackageError(f"{mf}: {', '.join(unlisted)} not listed in files (unverified content)")
-    hashed = manifest["format_version"] >= 2
+    check_files(root, mf, manifest, verify, hashed=manifest["format_version"] >= 2)
+    return manifest
+
+
+def check_files(root: Path, mf: Path, manifest: dict, verify: bool, hashed: bool = True) -> None:
+    """What every package layout's loader checks (this runtime's and ``svlm_runtime.gguf``'s): each file in
+    ``manifest["files"]`` is a bare name present with the listed size (and a sha256 when ``hashed``), the
+    answer format is one this runtime applies, and with ``verify`` every file matches its sha256."""
+    files = manifest["files"]
     for name, info in files.items():
         f = root / _file_name(name, "file", mf)
         if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or \
@@ -142,7 +150,6 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
         for name, info in files.items():
             if sha256(root / name) != info["sha256"]:
                 raise PackageError(f"{root}: {name} does not match its sha256 in the manifest (damaged or altered)")
-    return manifest
 
 
 def _mmap_large_allocations(threshold: int = 64 * 1024) -> bool:
