@@ -221,7 +221,7 @@ def _run(cfg: RunConfig) -> dict:
     for name, done in stages.items():
         rows.append({"stage": name, **done["eval"]})
     heldout = run_heldout(cfg, root, tcfg, list(stages))
-    exported = run_export(cfg, list(stages)) if stages else {}
+    exported = run_export(cfg, list(stages), eval_tokens(tcfg, list(stages))) if stages else {}
     bench = run_bench(cfg, root, list(stages), exported, eval_tokens(tcfg, list(stages))) if stages else {}
     summary = {
         "data_root": str(root),
@@ -350,8 +350,10 @@ def heldout_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_export(cfg: RunConfig, stages: list[str]) -> dict:
-    """Export the last trained stage (reused when an export of it is newer than the stage)."""
+def run_export(cfg: RunConfig, stages: list[str], max_new_tokens: int) -> dict:
+    """Export the last trained stage (reused when an export of it is newer than the stage). The validation
+    decodes the run's evaluation budget: with export's default 48 tokens every CoT answer of the default model
+    was cut, and label agreement with PyTorch could not be measured."""
     if not cfg.export.enabled:
         return {}
     from export.build import ExportConfig, export
@@ -370,7 +372,8 @@ def run_export(cfg: RunConfig, stages: list[str]) -> dict:
     if set(manifests) != set(cfg.export.quant) or any(m["source"].get("stage") != stage for m in manifests.values()):
         manifests = export(ExportConfig(run=str(cfg.run_dir), stage=stage, out=str(out), quant=cfg.export.quant,
                                         block_size=cfg.export.block_size,
-                                        accuracy_level=cfg.export.accuracy_level, overwrite=True))
+                                        accuracy_level=cfg.export.accuracy_level, max_new_tokens=max_new_tokens,
+                                        overwrite=True))
     else:
         _log(f"export of {stage} already at {out}, reused")
     return {q: {"path": str(out / q), "mb": round(m["size_bytes"] / 1e6, 2),
