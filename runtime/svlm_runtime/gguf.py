@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from svlm_runtime.answer_format import AnswerFormat
-from svlm_runtime.package import MANIFEST, Generation, PackageError, check_files
+from svlm_runtime.package import MANIFEST, Generation, PackageError, check_files, load_manifest
 
 LAYOUT = "gguf"
 FORMAT_VERSION = 1
@@ -50,14 +50,8 @@ def read_gguf_manifest(path: str | Path, verify: bool = True) -> dict:
     """The manifest of a GGUF package, checked like ``read_manifest`` checks an ONNX one: the two GGUF files
     and every listed file present with its size and (``verify``) its sha256; anything else one ``PackageError``."""
     root = Path(path)
-    mf = root / MANIFEST
-    if not mf.is_file():
-        raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mf.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{mf} is corrupted: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT:
+    mf, manifest = load_manifest(root)
+    if manifest.get("layout") != LAYOUT:
         raise PackageError(f"{mf} is not a GGUF package manifest (layout {LAYOUT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PackageError(f"{mf}: GGUF format_version {manifest.get('format_version')!r}, this runtime reads "

@@ -95,15 +95,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
     root = Path(path)
     if not root.is_dir():
         raise PackageError(f"no package at {root}")
-    mf = root / MANIFEST
-    if not mf.is_file():
-        raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mf.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{mf} is corrupted: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise PackageError(f"{mf} is corrupted: not a JSON object")
+    mf, manifest = load_manifest(root)
     if manifest.get("layout") == "gguf":
         raise PackageError(f"{root} is a GGUF package: run it with llama.cpp or svlm_runtime.gguf.GGUFModel")
     if manifest.get("format_version") not in READS:
@@ -125,6 +117,21 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
         raise PackageError(f"{mf}: {', '.join(unlisted)} not listed in files (unverified content)")
     check_files(root, mf, manifest, verify, hashed=manifest["format_version"] >= 2)
     return manifest
+
+
+def load_manifest(root: Path) -> tuple[Path, dict]:
+    """``(path, parsed JSON object)`` of a package folder's manifest, whatever its layout; unchecked beyond
+    being a readable JSON object (each layout's reader checks the rest)."""
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mf.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{mf} is corrupted: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{mf} is corrupted: not a JSON object")
+    return mf, manifest
 
 
 def check_files(root: Path, mf: Path, manifest: dict, verify: bool, hashed: bool = True) -> None:
