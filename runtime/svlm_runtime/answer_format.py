@@ -6,7 +6,9 @@ The format is the R1 convention:
     <think>free-text reasoning</think><answer>label</answer>
 
 Parsing rule ``RULE`` ("last-answer-block"): the label comes from the last answer block, matched against the
-label set ignoring case and surrounding whitespace ("  Sadness " is sadness, "sad" is not an answer).
+label set ignoring case and surrounding whitespace ("  Sadness " is sadness, "sad" is not an answer). A task
+may add aliases (other spellings that mean a label, ``{"grey": "gray"}``) and make the match case-sensitive;
+both travel in the manifest's ``answer`` section, so a runtime that predates them refuses the package.
 ``well_formed`` holds only for the strict shape: one think block with non-empty reasoning and no tag inside,
 then one answer block with a valid label, nothing but whitespace around them. A manifest names the rule, so a
 runtime that does not know a package's rule refuses the package instead of judging its answers differently.
@@ -48,17 +50,30 @@ class AnswerFormat:
     think: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
     answer: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)
     rule: str = RULE
+    aliases: tuple[tuple[str, str], ...] = ()  # (alias, label) pairs; a dict is accepted too
+    case_sensitive: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "think", tuple(self.think))
         object.__setattr__(self, "answer", tuple(self.answer))
+        pairs = self.aliases.items() if isinstance(self.aliases, dict) else self.aliases
+        object.__setattr__(self, "aliases", tuple(sorted((str(a), str(lab)) for a, lab in pairs)))
         tags = (*self.think, *self.answer)
         if len(tags) != 4 or not all(isinstance(t, str) and t for t in tags):
             raise ValueError(f"think and answer must each be two non-empty tags, got {self.think}, {self.answer}")
+        if not isinstance(self.case_sensitive, bool):
+            raise ValueError(f"case_sensitive must be true or false, got {self.case_sensitive!r}")
         if not all(isinstance(lab, str) and lab.strip() for lab in self.labels) or \
-                len({lab.lower() for lab in self.labels}) != len(self.labels):
+                len({self._key(lab) for lab in self.labels}) != len(self.labels):
             raise ValueError(f"labels must be distinct non-empty strings, got {list(self.labels)}")
+        spellings = {self._key(lab) for lab in self.labels}
+        for alias, label in self.aliases:
+            if label not in self.labels:
+                raise ValueError(f"alias {alias!r} names {label!r}, which is not a label ({list(self.labels)})")
+            if not alias.strip() or self._key(alias) in spellings:
+                raise ValueError(f"alias {alias!r} is empty or already spells a label or another alias")
+            spellings.add(self._key(alias))
         if self.rule not in RULES:
             raise ValueError(f"answer rule {self.rule!r} is unknown to this runtime (it knows {', '.join(RULES)}); "
                              "a newer svlm-runtime may read it")
@@ -67,9 +82,12 @@ class AnswerFormat:
     def tags(self) -> tuple[str, str, str, str]:
         return (*self.think, *self.answer)
 
+    def _key(self, text: str) -> str:
+        return text.strip() if self.case_sensitive else text.strip().lower()
+
     @cached_property
-    def _by_lower(self) -> dict[str, str]:
-        return {lab.lower(): lab for lab in self.labels}
+    def _by_key(self) -> dict[str, str]:
+        return {self._key(lab): lab for lab in self.labels} | {self._key(a): lab for a, lab in self.aliases}
 
     @cached_property
     def _strict(self) -> re.Pattern:
@@ -101,8 +119,15 @@ class AnswerFormat:
         return answer if think is None else f"{self.think[0]}{think.strip()}{self.think[1]}{answer}"
 
     def normalize_label(self, text: str) -> str | None:
-        """The label ``text`` *is* (case and surrounding whitespace ignored), else None."""
-        return self._by_lower.get(text.strip().lower())
+        """The label ``text`` *is*, or an alias of (surrounding whitespace and, unless ``case_sensitive``, case
+        ignored), else None.
+
+        >>> AnswerFormat(labels=("gray", "red"), aliases={"grey": "gray"}).normalize_label(" Grey")
+        'gray'
+        >>> AnswerFormat(labels=("OK", "NG"), case_sensitive=True).normalize_label("ok") is None
+        True
+        """
+        return self._by_key.get(self._key(text))
 
     def parse(self, text: str, allow_bare_label: bool = False) -> ParsedAnswer:
         """Parse a completion by the rule (module docstring); ``allow_bare_label`` also accepts a completion
@@ -137,16 +162,27 @@ class AnswerFormat:
         return body[:min(cuts)].strip() if cuts else body.strip()
 
     def to_manifest(self) -> dict:
-        """The manifest's ``answer`` section (the labels travel as the manifest's ``labels``)."""
-        return {"think": list(self.think), "answer": list(self.answer), "rule": self.rule}
+        """The manifest's ``answer`` section (the labels travel as the manifest's ``labels``). Aliases and a
+        case-sensitive match are written only when a task sets them, so packages of tasks without them read
+        in every runtime that reads the three-key section."""
+        section = {"think": list(self.think), "answer": list(self.answer), "rule": self.rule}
+        if self.aliases:
+            section["aliases"] = dict(self.aliases)
+        if self.case_sensitive:
+            section["case_sensitive"] = True
+        return section
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> AnswerFormat:
         """The format of a package: its ``answer`` section and ``labels``; packages written before the section
         existed used the default tags and rule. Raises ValueError on a malformed or unknown format."""
         section = manifest.get("answer", {})
-        if not isinstance(section, dict) or set(section) - {"think", "answer", "rule"}:
-            raise ValueError(f"answer must be an object with think, answer and rule, got {section!r}")
+        if not isinstance(section, dict) or set(section) - {"think", "answer", "rule", "aliases", "case_sensitive"}:
+            raise ValueError("answer must be an object with think, answer, rule and optionally aliases and "
+                             f"case_sensitive, got {section!r}")
+        aliases = section.get("aliases", {})
+        if not isinstance(aliases, dict):
+            raise ValueError(f"answer aliases must be an object (alias -> label), got {aliases!r}")
         labels = manifest.get("labels")
         if not isinstance(labels, list):
             raise ValueError(f"labels must be a list, got {labels!r}")
@@ -154,7 +190,8 @@ class AnswerFormat:
                                                                      ("answer", (ANSWER_OPEN, ANSWER_CLOSE)))}
         if not all(isinstance(p, (list, tuple)) for p in pairs.values()):
             raise ValueError(f"answer tags must be pairs of strings, got {section!r}")
-        return cls(labels=tuple(labels), rule=section.get("rule", RULE), **pairs)
+        return cls(labels=tuple(labels), rule=section.get("rule", RULE), aliases=aliases,
+                   case_sensitive=section.get("case_sensitive", False), **pairs)
 
 
 DEFAULT = AnswerFormat()  # the default tags and rule, no labels (what label scoring needs without a manifest)
