@@ -22,12 +22,13 @@ from pathlib import Path
 from factory.files import write_report
 
 
-def sample_images(data: str | Path, split: str, n: int) -> list[str]:
-    """``n`` image paths spread evenly over a split (the split files list images class by class)."""
+def sample_images(data: str | Path, split: str, n: int, task=None) -> list[str]:
+    """``n`` image paths spread evenly over a split of ``task`` (default EmoSet; the split files list images
+    class by class)."""
     from factory.data.emoset import read_split
     from factory.errors import SVLMError
 
-    records = read_split(data, split, strict=False, check_images="header").records
+    records = read_split(data, split, task=task, strict=False, check_images="header").records
     if not records:
         raise SVLMError(f"no images in {data} {split}")
     step = max(1, len(records) // n)

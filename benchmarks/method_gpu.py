@@ -43,7 +43,6 @@ def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int, random_b:
     import torch
 
     from factory.data.emoset import read_split
-    from factory.prompts import render_prompt
     from factory.train.common import load_policy
     from factory.train.rollout import RolloutCopy
 
@@ -58,9 +57,9 @@ def sampler_fidelity(ctx, prompts: int, generations: int, tokens: int, random_b:
     copy = RolloutCopy(policy, dtype=torch.bfloat16 if on_cuda else torch.float32)
     from PIL import Image
 
-    records = read_split(ctx.data_root, "train", check_images="none").records[:prompts]
+    records = read_split(ctx.data_root, "train", task=ctx.task, check_images="none").records[:prompts]
     images = [[Image.open(r.image_path).convert("RGB")] for r in records for _ in range(generations)]
-    prompt = render_prompt(processor, "cot")
+    prompt = ctx.task.render_prompt(processor, "cot")
     inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True).to(
         next(policy.parameters()).device)
     torch.manual_seed(0)

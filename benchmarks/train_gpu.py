@@ -207,13 +207,12 @@ def reference_generate(trainer, ctx, case: dict, g: int, repeats: int) -> dict:
     from PIL import Image
 
     from factory.data.emoset import read_split
-    from factory.prompts import render_prompt
 
     copy = trainer._rollout
     processor = trainer.processing_class
-    records = read_split(ctx.data_root, "train", check_images="none").records[:case["prompts"]]
+    records = read_split(ctx.data_root, "train", task=ctx.task, check_images="none").records[:case["prompts"]]
     images = [[Image.open(r.image_path).convert("RGB")] for r in records for _ in range(g)]
-    inputs = processor(images=images, text=[render_prompt(processor, "cot")] * len(images), return_tensors="pt",
+    inputs = processor(images=images, text=[ctx.task.render_prompt(processor, "cot")] * len(images), return_tensors="pt",
                        padding=True).to(next(copy.model.parameters()).device)
     import copy as copy_module
 

@@ -124,42 +124,55 @@ def merge(base: str, adapter: Path | None, out: Path):
     return model, processor, loaded.family, gap
 
 
-def _merged_card(out: Path, base: str, provenance: dict) -> None:
-    from factory.cards import write_merged_card
-    from factory.prompts import EMOTIONS
+def source_task(provenance: dict):
+    """The task the exported model learned (``factory.tasks``): the trained stage's ``task.yaml`` beside its
+    adapter, or a merged checkpoint folder's; sources written before tasks existed were EmoSet's."""
+    from factory.tasks import folder_task
 
-    write_merged_card(out, base_model=base, source=provenance, labels=list(EMOTIONS))
+    return folder_task(Path(provenance["adapter"]).parent if "adapter" in provenance else provenance["model"])
+
+
+def _merged_card(out: Path, base: str, provenance: dict) -> None:
+    """The merged checkpoint's model card and its ``task.yaml`` (so it carries its task like a stage)."""
+    from factory.cards import write_merged_card
+    from factory.tasks import save_task
+
+    task = source_task(provenance)
+    save_task(task, out)
+    write_merged_card(out, base_model=base, source=provenance, labels=list(task.labels), task=task.manifest())
 
 
 def _probe_inputs(processor, n: int = 2):
-    """A small batch of real-shaped inputs: the question with random images."""
+    """A small batch of real-shaped inputs: a question with random images (the merge check compares
+    logits, so any question does)."""
     import numpy as np
     from PIL import Image
 
-    from factory.prompts import render_prompt
+    from factory.tasks import load_task
 
     rng = np.random.default_rng(0)
     images = [[Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))] for _ in range(n)]
-    prompt = render_prompt(processor, "cot")
+    prompt = load_task().render_prompt(processor, "cot")
     return processor(images=images, text=[prompt] * n, return_tensors="pt", padding=True)
 
 
-def prompt_ids(processor, image, style: str = "cot") -> list[int]:
-    """The question with the image placeholders expanded, as the family's processor does it."""
-    from factory.prompts import render_prompt
+def prompt_ids(processor, image, style: str = "cot", task=None) -> list[int]:
+    """``task``'s question with the image placeholders expanded, as the family's processor does it."""
+    from factory.tasks import load_task
 
-    prompt = render_prompt(processor, style)
+    prompt = load_task(task).render_prompt(processor, style)
     return processor(images=[[image]], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
 
 
-def _validation_images(cfg: ExportConfig, n: int):
-    """Real inputs: ``n`` of the run's validation images (all if fewer), else ``n`` synthetic ones."""
+def _validation_images(cfg: ExportConfig, n: int, task=None):
+    """Real inputs: ``n`` of the run's validation images for ``task`` (all if fewer), else ``n`` synthetic
+    ones."""
     from factory.data.emoset import read_split
 
     paths = []
     root = _run_data(Path(cfg.run), cfg.stage) if cfg.run is not None else None
     if root is not None:
-        paths = [r.image_path for r in read_split(root, "val", check_images="none").records]
+        paths = [r.image_path for r in read_split(root, "val", task=task, check_images="none").records]
     if not paths:
         import tempfile
 
@@ -198,14 +211,14 @@ def _spread(paths, n: int):
     return [Image.open(p).convert("RGB") for p in paths[::step][:n]]
 
 
-def _torch_reference(model, processor, images, max_new_tokens: int, style: str = "cot"):
-    """Per image: HF pixel values, prefill logits over the prompt and greedy tokens from ``generate``."""
+def _torch_reference(model, processor, images, max_new_tokens: int, style: str = "cot", task=None):
+    """Per image: HF pixel values, prefill logits over ``task``'s prompt and greedy tokens from ``generate``."""
     import torch
 
     from factory.families import family_of
-    from factory.prompts import render_prompt
+    from factory.tasks import load_task
 
-    prompt = render_prompt(processor, style)
+    prompt = load_task(task).render_prompt(processor, style)
     graph_pixels = family_of(model.config).onnx.graph_pixels
     refs = []
     for img in images:
@@ -276,8 +289,7 @@ def token_ids(model, family, tokenizer) -> dict:
 def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: dict, spec: dict,
                    ids: list[int], tokens: dict, provenance: dict, validation: dict, merge_gap: float) -> dict:
     """Tokenizer, manifest and model card next to the graphs."""
-    from factory.prompts import ANSWER_FORMAT, EMOTIONS, question
-
+    task = source_task(provenance)
     tok = processor.tokenizer
     tok.backend_tokenizer.save(str(pkg / "tokenizer.json"))
     manifest = {
@@ -288,10 +300,11 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
         "text": dims,
         "image": spec,
         "tokens": tokens,
-        "prompt": {"question": question(provenance.get("question_style", "cot")), "input_ids": ids},
+        "prompt": {"question": task.question(provenance.get("question_style", "cot")), "input_ids": ids},
         "chat_template": processor.chat_template,
-        "labels": list(EMOTIONS),
-        "answer": ANSWER_FORMAT.to_manifest(),  # the tags and parsing rule the runtime judges answers by
+        "task": task.manifest(),
+        "labels": list(task.labels),
+        "answer": task.answer_format.to_manifest(),  # the tags and parsing rule the runtime judges answers by
         "quantization": {"name": quant, "batch_invariant": quant != "int8",
                          **({"method": "MatMulNBits", "bits": 4, **int4,
                                            "vision": "int8 dynamic", "embed": "int8"} if quant == "int4" else
@@ -315,10 +328,11 @@ def _model_card(m: dict) -> str:
     v = m["validation"]
     src = m["source"]
     meta = front_matter(library_name="onnx", base_model=src.get("base", src.get("model")), labels=m["labels"],
-                        tags=["onnx", "onnxruntime", m["quantization"]["name"], m["family"]], relation="quantized")
+                        tags=["onnx", "onnxruntime", m["quantization"]["name"], m["family"]], relation="quantized",
+                        task=m["task"])
     return meta + f"""# SVLM Factory export: {m['family']} · {m['quantization']['name']}
 
-Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
+Task `{m['task']['name']}`: {m['task']['description']} With reasoning: the model answers
 `<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
 Run it with onnxruntime alone (no torch). The runtime, `svlm-runtime`, is not on PyPI: install it from a
@@ -445,11 +459,11 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
     _merged_card(tmp / "merged", base, provenance)
-    images = _validation_images(cfg, cfg.validate_images)
-    style = provenance.get("question_style", "cot")
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
+    style, task = provenance.get("question_style", "cot"), source_task(provenance)
+    images = _validation_images(cfg, cfg.validate_images, task)
+    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     spec = family.image_spec(processor)
-    ids = prompt_ids(processor, images[0], style)
+    ids = prompt_ids(processor, images[0], style, task)
     tokens = token_ids(model, family, processor.tokenizer)
     fp32 = tmp / "fp32"
     _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.prompts import parse_answer
 
 
 def until_eos(tokens, eos_ids) -> list[int]:
@@ -66,7 +65,8 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
             at_tie = first < len(ref["top2_gaps"]) and ref["top2_gaps"][first] < tie
             ties += at_tie
             same_tokens += at_tie
-        ref_label = parse_answer(package.tokenizer.decode(want, skip_special_tokens=True)).label
+        # judged by the package's own answer format (its task's labels and rule), as the runtime judges gen
+        ref_label = package.answer_format.parse(package.tokenizer.decode(want, skip_special_tokens=True)).label
         if ref_label is not None:  # "agreement" on two parse failures would say nothing about the labels
             valid += 1
             same_labels += gen.label == ref_label

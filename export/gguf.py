@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from export.build import (ExportError, _log, _torch_reference, _validation_images, merge, prompt_ids,
-                          token_ids)
+                          source_task, token_ids)
 from export.compare import agreement_text, first_divergence, until_eos
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -256,16 +256,15 @@ def split_prompt(prompt: str, image_text: str) -> tuple[str, str]:
     return before, after
 
 
-def step_candidates(model, processor, images, refs: list[dict], style: str, k: int = 16) -> None:
+def step_candidates(model, processor, images, refs: list[dict], style: str, task, k: int = 16) -> None:
     """Add to each reference PyTorch's ``k`` best tokens and their logits at every greedy step
     (``top_ids`` / ``top_logits``), from one teacher-forced forward pass over the prompt and its tokens: at a
     divergence they say how far below PyTorch's choice llama.cpp's token was."""
     import torch
 
     from factory.inference import append_tokens
-    from factory.prompts import render_prompt
 
-    prompt = render_prompt(processor, style)
+    prompt = task.render_prompt(processor, style)
     for ref, image in zip(refs, images):
         inputs = processor(images=[[image]], text=[prompt], return_tensors="pt")
         tokens = torch.tensor([ref["tokens"]])
@@ -276,7 +275,7 @@ def step_candidates(model, processor, images, refs: list[dict], style: str, k: i
         ref["top_ids"], ref["top_logits"] = top.indices.tolist(), top.values.tolist()
 
 
-def validate(model, refs: list[dict], images, processor, family, style: str, max_new_tokens: int,
+def validate(model, refs: list[dict], images, processor, family, style: str, task, max_new_tokens: int,
              tie: float = 1e-4, rounding_ties: bool = False) -> dict:
     """A GGUF package (``GGUFModel``) against the PyTorch references (``export.build._torch_reference``):
     the prompt's token ids (llama.cpp's text and image tokens vs the processor's), the logit gap at the last
@@ -290,7 +289,6 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
     Quantized packages keep the strict ``tie``: their gap is the quantization's."""
     import numpy as np
 
-    from factory.prompts import parse_answer
     from svlm_runtime.gguf import _rgb, resize_for
 
     image_id = family.image_token_id(processor.tokenizer)
@@ -299,7 +297,7 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
         parts, chunks = model.prompt_chunks(resize_for(_rgb(image), model.manifest["image"]["resize"]))
         model._mtmd.mtmd_input_chunks_free(chunks)
         got_ids = [t for kind, v in parts for t in (v if kind == "text" else [image_id] * v)]
-        prompt_ok += got_ids == prompt_ids(processor, image, style)
+        prompt_ok += got_ids == prompt_ids(processor, image, style, task)
         gaps.append(float(np.abs(model.prefill_logits(image) - ref["logits"][-1]).max()))
         gen = model.generate(image, max_new_tokens=max_new_tokens, label_probs=False)
         want = until_eos(ref["tokens"], model.eos_ids)
@@ -309,7 +307,7 @@ def validate(model, refs: list[dict], images, processor, family, style: str, max
             first = first_divergence(gen.token_ids, want)
             top2 = ref["top2_gaps"][first] if first < len(ref["top2_gaps"]) else float("inf")
             diverged.append((top2, _shortfall(ref, first, gen.token_ids)))
-        ref_label = parse_answer(processor.tokenizer.decode(want, skip_special_tokens=True)).label
+        ref_label = model.answer_format.parse(processor.tokenizer.decode(want, skip_special_tokens=True)).label
         if ref_label is not None:
             valid += 1
             same_labels += gen.label == ref_label
@@ -350,17 +348,18 @@ def _files(pkg: Path) -> dict:
 
 def _write_package(pkg: Path, quant: str, family, processor, before: str, after: str, image: dict, tokens: dict,
                    provenance: dict, validation: dict, merge_gap: float, version: str) -> dict:
-    from factory.prompts import ANSWER_FORMAT, EMOTIONS, question
     from svlm_runtime.package import MANIFEST
 
+    task = source_task(provenance)
     manifest = {
         "layout": "gguf", "format_version": FORMAT_VERSION, "family": family.name,
         "model": MODEL, "mmproj": MMPROJ,
         "runtime": {"llama_cpp_python": version},
-        "prompt": {"question": question(provenance.get("question_style", "cot")), "before": before, "after": after},
+        "prompt": {"question": task.question(provenance.get("question_style", "cot")), "before": before,
+                   "after": after},
         "image": image, "tokens": tokens,
         "chat_template": processor.chat_template,  # also embedded in model.gguf (tokenizer.chat_template)
-        "labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest(),
+        "task": task.manifest(), "labels": list(task.labels), "answer": task.answer_format.to_manifest(),
         "quantization": {"name": quant, "text": quant.upper(), "mmproj": "F16", "method": "llama_model_quantize"
                          if quant != "f32" else "none"},
         "source": provenance,
@@ -403,14 +402,14 @@ def model_card(m: dict) -> str:
     return f"""---
 library_name: gguf
 pipeline_tag: image-text-to-text
-tags: [gguf, llama.cpp, ollama, lm-studio, vision, emotion-recognition, svlm-factory]
+tags: [gguf, llama.cpp, ollama, lm-studio, vision, {', '.join(m['task']['tags'] + ['svlm-factory'])}]
 base_model: {src.get('base', src.get('model', 'unknown'))}
 quantization: {q}
 ---
 
 # SVLM Factory export: {m['family']} · {q} (GGUF)
 
-Visual emotion recognition (EmoSet's 8 emotions) with reasoning: the model answers
+Task `{m['task']['name']}`: {m['task']['description']} With reasoning: the model answers
 `<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
 Files: `{MODEL}` (text model, {m['quantization']['text']}, tokenizer and chat template embedded) and `{MMPROJ}`
@@ -476,14 +475,12 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     work = tmp / "work"
     model, processor, family, merge_gap = merge(base, adapter, work / "merged")
-    style = provenance.get("question_style", "cot")
-    images = _validation_images(cfg, cfg.validate_images)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
-    step_candidates(model, processor, images, refs, style)
+    style, task = provenance.get("question_style", "cot"), source_task(provenance)
+    images = _validation_images(cfg, cfg.validate_images, task)
+    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    step_candidates(model, processor, images, refs, style, task)
     tokens = token_ids(model, family, processor.tokenizer)
-    from factory.prompts import render_prompt
-
-    before, after = split_prompt(render_prompt(processor, style), family.gguf.image_text)
+    before, after = split_prompt(task.render_prompt(processor, style), family.gguf.image_text)
     ip = processor.image_processor
     image = {"resize": family.gguf.resize(ip)}
     if family.gguf.image_tokens is not None:
@@ -508,7 +505,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         _write_package(pkg, quant, family, processor, before, after, image, tokens, provenance, blank, merge_gap,
                        version)
         runner = GGUFModel(pkg, verify=False)
-        validation = validate(runner, refs, images, processor, family, style, cfg.max_new_tokens,
+        validation = validate(runner, refs, images, processor, family, style, task, cfg.max_new_tokens,
                               rounding_ties=quant == "f16")
         runner.close()
         if validation["prompt_ids_identical"] < 1:

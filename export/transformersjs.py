@@ -43,7 +43,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from export.build import (ExportError, _log, _quantize, _torch_reference, _validation_images, merge, prompt_ids,
-                          token_ids)
+                          source_task, token_ids)
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from svlm_runtime.package import sha256
@@ -177,7 +177,7 @@ class TransformersJsRunner:
     It offers what ``export.compare.compare`` reads (``vision``, ``prefill``, ``generate``, ``eos_ids``,
     ``tokenizer``), so both layouts are validated by one rule."""
 
-    def __init__(self, root: str | Path, quant: str, prompt: list[int]):
+    def __init__(self, root: str | Path, quant: str, prompt: list[int], answer_format=None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -192,6 +192,11 @@ class TransformersJsRunner:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         self.prompt_ids = np.asarray(prompt, np.int64)
+        if answer_format is None:  # a finished package: its manifest's
+            from svlm_runtime.answer_format import AnswerFormat
+
+            answer_format = AnswerFormat.from_manifest(json.loads((Path(root) / "manifest.json").read_text()))
+        self.answer_format = answer_format  # during the export: the task's, as the manifest will carry it
         vision = self.sessions["vision"]
         rank = len(vision.get_inputs()[0].shape)
         # compare() passes pixel values as [images, 3, H, W]; a 5-D graph takes them as one prompt's images
@@ -228,8 +233,6 @@ class TransformersJsRunner:
         return self._decode(embeds, self._empty_cache(1), 0 if all_logits else 1)
 
     def generate(self, *, pixel_values: np.ndarray, max_new_tokens: int, label_probs: bool = False):
-        from factory.prompts import parse_answer
-
         logits, past = self.prefill(self.vision.run(None, {"pixel_values": pixel_values.astype(np.float32)})[0])
         tokens: list[int] = []
         for _ in range(max_new_tokens):
@@ -239,7 +242,7 @@ class TransformersJsRunner:
             tokens.append(token)
             logits, past = self._decode(self._embed([[token]]), past, 1)
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return SimpleNamespace(token_ids=tokens, text=text, label=parse_answer(text).label)
+        return SimpleNamespace(token_ids=tokens, text=text, label=self.answer_format.parse(text).label)
 
 
 # --- the folder ------------------------------------------------------------------------------------------------
@@ -286,8 +289,6 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     from transformers import AutoConfig
 
     from factory.families import family_of
-    from factory.prompts import ANSWER_FORMAT, EMOTIONS, question, render_prompt
-
     family = family_of(AutoConfig.from_pretrained(base))
     for refusal in (family.onnx.unsupported, family.onnx.transformers_js_unsupported):
         if refusal:
@@ -295,12 +296,12 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     work = tmp / "work"
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, work / "merged")
-    images = _validation_images(cfg, cfg.validate_images)
-    style = provenance.get("question_style", "cot")
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
-    ids = prompt_ids(processor, images[0], style)
+    style, task = provenance.get("question_style", "cot"), source_task(provenance)
+    images = _validation_images(cfg, cfg.validate_images, task)
+    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    ids = prompt_ids(processor, images[0], style, task)
     tokens = token_ids(model, family, processor.tokenizer)
-    rank = processor(images=[[images[0]]], text=[render_prompt(processor, style)],
+    rank = processor(images=[[images[0]]], text=[task.render_prompt(processor, style)],
                      return_tensors="pt")["pixel_values"].dim()
     _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
     dims = export_graphs(model, family, torch.from_numpy(refs[0]["pixel_values"]), work / "svlm")
@@ -329,7 +330,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     _root_files(tmp, model, processor, tokens, external)
     results = {}
     for quant in order:
-        validation = compare(TransformersJsRunner(tmp, quant, ids), refs, cfg.max_new_tokens)
+        validation = compare(TransformersJsRunner(tmp, quant, ids, task.answer_format), refs, cfg.max_new_tokens)
         if quant == "fp32" and (validation["max_abs_logit_diff"] > family.onnx.tolerance
                                 or validation["greedy_tokens_identical"] < 1):
             raise ExportError(
@@ -360,8 +361,8 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     manifest = {
         "layout": "transformers.js", "transformers_js": TRANSFORMERS_JS_VERSION, "family": family.name,
         "model_type": model.config.model_type, "pixel_values_rank": rank, "text": dims, "tokens": tokens,
-        "prompt": {"question": question(style), "style": style, "input_ids": ids},
-        "labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest(),
+        "prompt": {"question": task.question(style), "style": style, "input_ids": ids},
+        "task": task.manifest(), "labels": list(task.labels), "answer": task.answer_format.to_manifest(),
         "quantizations": quants, "source": provenance,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -390,13 +391,12 @@ library_name: transformers.js
 pipeline_tag: image-text-to-text
 {hub_base}tags:
 - onnx
-- emotion-recognition
-- svlm-factory
+{''.join(f"- {t}{chr(10)}" for t in m['task']['tags'])}- svlm-factory
 ---
 
 # SVLM Factory export for transformers.js: {m['family']}
 
-Visual emotion recognition (EmoSet's 8 emotions): the model answers {answer}. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
+Task `{m['task']['name']}`: {m['task']['description']} The model answers {answer}. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 Written for `@huggingface/transformers` {m['transformers_js']} (tested with it in Node and in headless Chromium).
 
 ```js

@@ -374,7 +374,9 @@ def run(cfg: AblateConfig, progress: bool = True) -> dict:
 
 
 def _correct(row: dict) -> list[bool]:
-    return [p["predicted"] == p["emotion"] for p in row["predictions"]]
+    from benchmarks.accuracy import truth
+
+    return [p["predicted"] == truth(p) for p in row["predictions"]]
 
 
 def summarize(cfg: AblateConfig, results: dict, data: Path, split: str) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TAGS = ["svlm-factory", "vision-language-model", "visual-emotion-recognition", "clgrpo"]
+TAGS = ["svlm-factory", "vision-language-model", "clgrpo"]  # and the task's tags
 
 
 def hub_id(source: str | None) -> str | None:
@@ -19,12 +19,13 @@ def hub_id(source: str | None) -> str | None:
 
 
 def front_matter(*, library_name: str, base_model: str | None, labels: list[str], tags: list[str] = (),
-                 relation: str | None = None) -> str:
+                 relation: str | None = None, task: dict | None = None) -> str:
     """The YAML block that opens a card. ``relation``: how it derives from the base (adapter, merge,
-    quantized, finetune), the hub's ``base_model_relation``."""
+    quantized, finetune), the hub's ``base_model_relation``; ``task``: ``Task.manifest()`` (its tags)."""
     import yaml
 
-    meta = {"library_name": library_name, "pipeline_tag": "image-text-to-text", "tags": [*TAGS, *tags]}
+    task_tags = (task or {}).get("tags", [])
+    meta = {"library_name": library_name, "pipeline_tag": "image-text-to-text", "tags": [*TAGS, *task_tags, *tags]}
     base = hub_id(base_model)
     if base:  # (keywords: the hub's key is spelled like the run layout's base-model folder, which test_layout guards)
         meta.update(base_model=base, **({"base_model_relation": relation} if relation else {}))
@@ -32,13 +33,14 @@ def front_matter(*, library_name: str, base_model: str | None, labels: list[str]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
 
 
-def write_adapter_card(folder: Path, *, base_model: str, stage: str, run: str, labels: list[str]) -> None:
+def write_adapter_card(folder: Path, *, base_model: str, stage: str, run: str, labels: list[str],
+                       task: dict | None = None) -> None:
     """Replace peft's generic card in a stage's adapter folder with one that says what the stage trained."""
     card = front_matter(library_name="peft", base_model=base_model, labels=labels, tags=["lora", stage],
-                        relation="adapter")
+                        relation="adapter", task=task)
     card += f"""# SVLM Factory adapter: {run} · {stage}
 
-A LoRA adapter trained by SVLM Factory's stage `{stage}` (run `{run}`) on `{base_model}`. It answers
+{_task_line(task)}A LoRA adapter trained by SVLM Factory's stage `{stage}` (run `{run}`) on `{base_model}`. It answers
 `<think>…</think><answer>label</answer>` with one of: {', '.join(labels)}.
 
 ```python
@@ -55,13 +57,18 @@ and writes ONNX packages.
     (Path(folder) / "README.md").write_text(card)
 
 
-def write_merged_card(folder: Path, *, base_model: str, source: dict, labels: list[str]) -> None:
+def _task_line(task: dict | None) -> str:
+    return f"Task `{task['name']}`: {task['description']}\n\n" if task else ""
+
+
+def write_merged_card(folder: Path, *, base_model: str, source: dict, labels: list[str],
+                      task: dict | None = None) -> None:
     """The card of the merged full-precision checkpoint that export writes (``<export>/merged``)."""
     card = front_matter(library_name="transformers", base_model=base_model, labels=labels,
-                        relation="merge" if source.get("adapter") else "finetune")
+                        relation="merge" if source.get("adapter") else "finetune", task=task)
     card += f"""# SVLM Factory merged checkpoint
 
-`{base_model}` with the adapter of {source.get('run', '-')} stage {source.get('stage', '-')} merged in
+{_task_line(task)}`{base_model}` with the adapter of {source.get('run', '-')} stage {source.get('stage', '-')} merged in
 (full precision). It loads with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor`, and
 answers `<think>…</think><answer>label</answer>` with one of: {', '.join(labels)}.
 """

@@ -65,8 +65,8 @@ def cmd_data_import(args) -> int:
     except ValueError:
         raise DataError(f"--fractions takes three numbers, e.g. 0.8,0.1,0.1; got {args.fractions!r}") from None
     cfg = ImportConfig(source=args.source, path=args.path, out=args.out, image_column=args.image_column,
-                       label_column=args.label_column, fractions=fractions, seed=args.seed, aliases=aliases,
-                       strict=not args.lenient, overwrite=args.overwrite)
+                       label_column=args.label_column, fractions=fractions, seed=args.seed, task=args.task,
+                       aliases=aliases, strict=not args.lenient, overwrite=args.overwrite)
     report = import_dataset(cfg, progress=not args.quiet)
     print(f"imported {args.source} {args.path} into {args.out}: " + ", ".join(
         f"{k} {v}" for k, v in report["images"].items()) + f"; skipped {sum(s['items'] for s in report['skipped'])} "
@@ -91,10 +91,11 @@ def cmd_data_check(args) -> int:
         if args.split == "all" and not (Path(args.data) / f"{split}.json").is_file():
             print(f"{split}: no split file, skipped")
             continue
-        result = read_split(args.data, split, strict=not args.lenient, check_images=args.check_images,
-                            progress=not args.quiet)
+        result = read_split(args.data, split, task=args.task, strict=not args.lenient,
+                            check_images=args.check_images, progress=not args.quiet)
         summary = result.summary()
-        print(f"{split}: {summary['records']} records; per class {summary['per_class']}; "
+        unlabelled = f" ({summary['unlabelled']} without a {args.task} label)" if summary["unlabelled"] else ""
+        print(f"{split}: {summary['records']} records{unlabelled}; per class {summary['per_class']}; "
               f"skipped {summary['skipped']} {summary['skipped_by_kind'] or ''}; "
               f"warnings {summary['warnings_by_kind'] or 'none'}")
         for rec in result.records:
@@ -137,7 +138,7 @@ def cmd_cot_build(args) -> int:
     from factory.cot.build import CotConfig, build
 
     cfg = config_lib.load(CotConfig, args.teachers, _overrides(args, {
-        "data": "data", "split": "split", "out": "out", "limit": "limit"}))
+        "data": "data", "task": "task", "split": "split", "out": "out", "limit": "limit"}))
     summary = build(cfg, progress=not args.quiet)
     print(f"{summary['images']} images, {summary['images_with_trace']} with a verified trace "
           f"({summary['image_acceptance_rate']:.1%}), {summary['traces']} traces; summary: {Path(cfg.out) / 'summary.md'}")
@@ -194,7 +195,7 @@ def cmd_bench_accuracy(args) -> int:
     from benchmarks.accuracy import markdown, run
 
     report = run(args.models, args.data, args.split, args.limit, args.out, args.max_new_tokens, args.batch_size,
-                 progress=not args.quiet, command=_command(), workers=args.workers)
+                 progress=not args.quiet, command=_command(), workers=args.workers, task=args.task)
     print(markdown(report))
     print(f"report: {Path(args.out) / 'accuracy.md'} (+ accuracy.json, confusion_*.png, per_class_recall.png)")
     return 0
@@ -210,7 +211,7 @@ def _command() -> str | None:
 def cmd_bench_latency(args) -> int:
     from benchmarks.latency import markdown, run, sample_images
 
-    images = sample_images(args.data, args.split, args.images)
+    images = sample_images(args.data, args.split, args.images, args.task)
     report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
                  command=_command(), low_memory=args.low_memory)
     print(markdown(report))
@@ -238,6 +239,24 @@ def cmd_stages(args) -> int:
         if stage.clip_low:
             extra += f", clip [1-{stage.epsilon}, 1+{stage.epsilon_high}], num_iterations {stage.num_iterations}"
         print(f"{name}: {stage.kind} on {stage.data}, from {stage.parent or 'the base model'}{extra}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from factory.tasks import load_task, new_task, shipped_tasks, task_path
+
+    if args.new:
+        labels = [x.strip() for x in (args.labels or "").split(",") if x.strip()]
+        path = new_task(args.new, labels, args.noun, args.folder)
+        print(f"wrote {path}; train it with: svlm run task={path} data.root=DATA "
+              f"(import DATA with: svlm data import imagefolder ROOT --task {path} --out DATA)")
+        return 0
+    names = shipped_tasks() + sorted(p.stem for p in Path("configs/tasks").glob("*.yaml") if p.is_file()
+                                     and p.stem not in shipped_tasks())
+    for name in names:
+        task = load_task(name)
+        print(f"{name}: {len(task.labels)} labels ({', '.join(task.labels)}), labelled from {task.label_from}; "
+              f"{task_path(name)}")
     return 0
 
 
@@ -287,8 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", default="0.8,0.1,0.1",
                    help="train,val,test shares for a source without splits, drawn per label (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of that draw (default 0)")
+    p.add_argument("--task", default="emoset", help="the task whose labels the source has: a shipped task ("
+                   "emoset, facial_expression) or a task YAML (default emoset)")
     p.add_argument("--alias", action="append", metavar="SOURCE=LABEL",
-                   help="map a source label onto an emotion, e.g. happy=amusement (repeatable)")
+                   help="map a source label onto a task label, e.g. happy=amusement (repeatable)")
     p.add_argument("--lenient", action="store_true", help="skip bad items (unknown label, unreadable image) and "
                    "report them in import_report.json instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier import at --out")
@@ -296,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(data, "check", "read an EmoSet root and report bad entries", cmd_data_check)
     p.add_argument("--data", required=True, help="EmoSet data root (holds train.json, image/, annotation/)")
     p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    p.add_argument("--task", default="emoset", help="read the labels of this task (default emoset)")
     p.add_argument("--lenient", action="store_true", help="skip bad entries and report them instead of failing")
     p.add_argument("--check-images", dest="check_images", default="decode", choices=["decode", "header", "none"],
                    help="decode: full decode (finds truncated JPEGs); header: headers only; none: existence")
@@ -324,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(cot, "build", "ask teachers for reasoning traces and keep those that match the label", cmd_cot_build,
             overrides=True, config_flag=False)
     p.add_argument("--data", help="EmoSet data root")
+    p.add_argument("--task", help="whose labels and question (a shipped task or a task YAML; default emoset)")
     p.add_argument("--split", help="split to build from (default train)")
     p.add_argument("--teachers", help="teachers YAML (teachers: [...], policy, k, rationalize); "
                    "default: the offline attribute teacher")
@@ -341,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="retrain finished stages whose settings or parent adapter changed (default: refuse)")
     add(sub, "stages", "list the training stages and what each one does", cmd_stages)
+
+    p = add(sub, "tasks", "list the tasks (label set, questions, answer rule: configs/tasks/*.yaml) or write a "
+            "new one", cmd_tasks)
+    p.add_argument("--new", metavar="NAME", help="write configs/tasks/NAME.yaml for the labels in --labels")
+    p.add_argument("--labels", help="the new task's labels, comma-separated, e.g. scratch,dent,clean")
+    p.add_argument("--noun", default="class", help="what a label is, used in the questions (default class)")
+    p.add_argument("--folder", default="configs/tasks", help="where to write it (default configs/tasks)")
 
     p = add(sub, "export", "merge a stage's adapter, export ONNX (vision / embed / decoder with KV), quantize, "
             "validate against PyTorch and write self-describing packages", cmd_export, overrides=True)
@@ -366,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="ONNX packages, stage outputs (runs/N/STAGE) or "
                    "checkpoints")
     p.add_argument("--data", required=True, help="EmoSet root")
+    p.add_argument("--task", help="the task the split is read for (default: the first stage's task.yaml, else "
+                   "emoset); every model must answer its labels")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     p.add_argument("--out", default="bench", help="report folder (default bench/)")
@@ -379,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
             "peak RSS and size, one process per model", cmd_bench_latency)
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--data", required=True, help="EmoSet root the images are drawn from")
+    p.add_argument("--task", default="emoset", help="the task the split is read for (default emoset)")
     p.add_argument("--split", default="test")
     p.add_argument("--images", type=int, default=4, help="distinct images cycled through (default 4)")
     p.add_argument("--runs", type=int, default=8, help="timed runs per model (default 8)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from factory.data.emoset import EmoSetRecord
-from factory.prompts import EMOTIONS, parse_answer, render_prompt
+from factory.tasks import Task, load_task
 
 
 @dataclass
@@ -29,7 +29,7 @@ class EvalConfig:
 @dataclass
 class Prediction:
     image_id: str
-    emotion: str
+    label: str  # the truth
     completion: str
     predicted: str | None
     well_formed: bool
@@ -52,14 +52,15 @@ class EvalResult:
 
 
 def generate_answers(model, processor, images, style: str = "cot", max_new_tokens: int = 96,
-                     batch_size: int = 8, progress: bool = False) -> list[str]:
-    """Greedy completions, batched, with left padding. ``images``: PIL images or image paths; paths are
-    opened one batch at a time, so a whole split never sits in memory."""
-    return generate_completions(model, processor, images, style, max_new_tokens, batch_size, progress)[0]
+                     batch_size: int = 8, progress: bool = False, task: Task | None = None) -> list[str]:
+    """Greedy completions to ``task``'s question, batched, with left padding. ``images``: PIL images or image
+    paths; paths are opened one batch at a time, so a whole split never sits in memory."""
+    return generate_completions(model, processor, images, style, max_new_tokens, batch_size, progress, task)[0]
 
 
 def generate_completions(model, processor, images, style: str = "cot", max_new_tokens: int = 96,
-                         batch_size: int = 8, progress: bool = False) -> tuple[list[str], list[bool]]:
+                         batch_size: int = 8, progress: bool = False,
+                         task: Task | None = None) -> tuple[list[str], list[bool]]:
     """Like :func:`generate_answers`, also returning per completion whether it was truncated: no EOS among
     its tokens, so generation stopped at ``max_new_tokens``."""
     import torch
@@ -71,7 +72,7 @@ def generate_completions(model, processor, images, style: str = "cot", max_new_t
         with Image.open(item) as img:
             return img.convert("RGB")
 
-    prompt = render_prompt(processor, style)
+    prompt = load_task(task).render_prompt(processor, style)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     eos = model.generation_config.eos_token_id
@@ -98,23 +99,26 @@ def generate_completions(model, processor, images, style: str = "cot", max_new_t
 
 
 def score(records: list[EmoSetRecord], completions: list[str], style: str = "cot",
-          truncated: list[bool] | None = None, max_new_tokens: int | None = None) -> EvalResult:
-    """Parse completions and compute accuracy, macro recall, format, unparsable and truncation rates."""
+          truncated: list[bool] | None = None, max_new_tokens: int | None = None,
+          task: Task | None = None) -> EvalResult:
+    """Parse completions by ``task``'s rule and compute accuracy, macro recall, format, unparsable and
+    truncation rates."""
     from sklearn.metrics import accuracy_score, recall_score
 
+    task = load_task(task)
     preds = []
     cut = truncated if truncated is not None else [None] * len(completions)
     for rec, text, was_cut in zip(records, completions, cut, strict=True):
-        parsed = parse_answer(text, allow_bare_label=(style == "label"))
+        parsed = task.parse(text, allow_bare_label=(style == "label"))
         well_formed = parsed.well_formed if style == "cot" else parsed.label is not None
-        preds.append(Prediction(rec.image_id, rec.emotion, text, parsed.label, well_formed, was_cut))
+        preds.append(Prediction(rec.image_id, rec.label, text, parsed.label, well_formed, was_cut))
     n = len(preds)
-    y_true = [p.emotion for p in preds]
+    y_true = [p.label for p in preds]
     y_pred = [p.predicted or "<unparsable>" for p in preds]
     return EvalResult(
         n=n,
         accuracy=float(accuracy_score(y_true, y_pred)) if n else 0.0,
-        macro_recall=float(recall_score(y_true, y_pred, labels=list(EMOTIONS), average="macro",
+        macro_recall=float(recall_score(y_true, y_pred, labels=list(task.labels), average="macro",
                                         zero_division=0)) if n else 0.0,
         format_rate=sum(p.well_formed for p in preds) / n if n else 0.0,
         unparsable_rate=sum(p.predicted is None for p in preds) / n if n else 0.0,
@@ -125,9 +129,9 @@ def score(records: list[EmoSetRecord], completions: list[str], style: str = "cot
 
 
 def evaluate(model, processor, records: list[EmoSetRecord], style: str = "cot", max_new_tokens: int = 96,
-             batch_size: int = 8, progress: bool = False) -> EvalResult:
-    """Generate for every record and score the answers."""
+             batch_size: int = 8, progress: bool = False, task: Task | None = None) -> EvalResult:
+    """Generate for every record and score the answers (``task``: default EmoSet)."""
     paths = [rec.image_path for rec in records]
     completions, truncated = generate_completions(model, processor, paths, style, max_new_tokens, batch_size,
-                                                  progress)
-    return score(records, completions, style, truncated, max_new_tokens)
+                                                  progress, task)
+    return score(records, completions, style, truncated, max_new_tokens, task)

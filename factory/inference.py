@@ -84,7 +84,7 @@ class TorchModel:
         from peft import PeftModel
 
         from factory.models import load_model
-        from factory.prompts import ANSWER_FORMAT, EMOTIONS, render_prompt
+        from factory.tasks import folder_task
 
         if threads:
             torch.set_num_threads(threads)
@@ -105,9 +105,10 @@ class TorchModel:
         self.name = f"{self.path.name} pytorch"
         self.processor = loaded.processor
         self.family = loaded.family
-        self.labels = list(EMOTIONS)
-        self.answer_format = ANSWER_FORMAT
-        self.prompt = render_prompt(self.processor, self.style)
+        self.task = folder_task(self.path)  # a stage's or merged checkpoint's task.yaml (older folders: EmoSet)
+        self.labels = list(self.task.labels)
+        self.answer_format = self.task.answer_format
+        self.prompt = self.task.render_prompt(self.processor, self.style)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.processor.tokenizer.eos_token_id}
 

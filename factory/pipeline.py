@@ -118,6 +118,7 @@ class RunConfig:
 
     name: str = "default"
     output_dir: str = "runs"
+    task: str = "emoset"  # a shipped task (emoset, facial_expression) or a task YAML (factory.tasks)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cot: CotStepConfig = field(default_factory=CotStepConfig)
@@ -154,8 +155,8 @@ def prepare_data(cfg: RunConfig) -> Path:
 
 def train_config(cfg: RunConfig, root: Path) -> TrainConfig:
     """The ``svlm train`` config this run hands its data, CoT, model and training settings to."""
-    return TrainConfig(name=cfg.name, output_dir=cfg.output_dir, data=str(root), cot=str(cfg.layout.cot),
-                       model=cfg.model, eval=cfg.eval, train=cfg.train)
+    return TrainConfig(name=cfg.name, output_dir=cfg.output_dir, task=cfg.task, data=str(root),
+                       cot=str(cfg.layout.cot), model=cfg.model, eval=cfg.eval, train=cfg.train)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -176,7 +177,10 @@ def _run(cfg: RunConfig) -> dict:
     from factory.train.runner import base_source, plan, train
     from factory.train.stages import select_stages
 
+    from factory.tasks import load_task
+
     t0 = time.time()
+    task = load_task(cfg.task)  # a bad task file fails before anything is written
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.root is None and not cfg.data.synth.out:
@@ -188,12 +192,14 @@ def _run(cfg: RunConfig) -> dict:
     plan(tcfg, stage_names)  # a bad stage setting fails now, not after the data and CoT steps
     splits = {}
     for split in ("train", "val", "test"):
-        result = read_split(root, split, strict=cfg.data.strict, check_images=cfg.data.check_images)
+        result = read_split(root, split, task=task, strict=cfg.data.strict, check_images=cfg.data.check_images)
         result.write_report(cfg.layout.data_reports / f"{split}.json")
         splits[split] = result
-        _log(f"{split}: {len(result.records)} records, {len(result.skipped)} skipped")
+        unlabelled = f", {result.unlabelled} without a {task.name} label" if result.unlabelled else ""
+        _log(f"{split}: {len(result.records)} records, {len(result.skipped)} skipped{unlabelled}")
 
-    cot_cfg = CotConfig(data=str(root), split="train", out=str(cfg.layout.cot), teachers=cfg.cot.teachers,
+    cot_cfg = CotConfig(data=str(root), task=cfg.task, split="train", out=str(cfg.layout.cot),
+                        teachers=cfg.cot.teachers,
                         policy=cfg.cot.policy, k=cfg.cot.k, rationalize=cfg.cot.rationalize)
     cot = build(cot_cfg, split=splits["train"])  # already read and checked above
     _log(f"CoT data: {cot['traces']} verified traces for {cot['images_with_trace']}/{cot['images']} train images "
@@ -202,7 +208,7 @@ def _run(cfg: RunConfig) -> dict:
     rows = []
     base_eval = cfg.layout.base_eval
     made_from = {"source": cfg.layout.relative(source), "data": cfg.layout.relative(root),
-                 "eval": config_lib.to_dict(cfg.eval)}
+                 "eval": config_lib.to_dict(cfg.eval), **({"task": task.name} if task.name != "emoset" else {})}
     base = json.loads(base_eval.read_text()) if base_eval.is_file() else {}
     if base.pop("made_from", made_from) == made_from and base:  # (records before made_from were reused as is)
         _log(f"base model's evaluation reused ({base_eval})")
@@ -213,7 +219,7 @@ def _run(cfg: RunConfig) -> dict:
         if cfg.eval.limit:
             records = records[: cfg.eval.limit]
         base = evaluate(loaded.model, loaded.processor, records, max_new_tokens=cfg.eval.max_new_tokens,
-                        batch_size=cfg.eval.batch_size, progress=True).metrics()
+                        batch_size=cfg.eval.batch_size, progress=True, task=task).metrics()
         write_json(base_eval, {**base, "made_from": made_from})
         del loaded
     rows.append({"stage": "base (untrained)", **base})
@@ -224,6 +230,7 @@ def _run(cfg: RunConfig) -> dict:
     exported = run_export(cfg, list(stages), eval_tokens(tcfg, list(stages))) if stages else {}
     bench = run_bench(cfg, root, list(stages), exported, eval_tokens(tcfg, list(stages))) if stages else {}
     summary = {
+        "task": task.name,
         "data_root": str(root),
         "splits": {s: r.summary() for s, r in splits.items()},
         "cot": {k: cot[k] for k in ("images", "images_with_trace", "image_acceptance_rate", "traces")},
@@ -302,7 +309,7 @@ def run_heldout(cfg: RunConfig, root: Path, tcfg: TrainConfig, stages: list[str]
         _log(f"held-out report in {out} is up to date, reused")
         return json.loads((out / "accuracy.json").read_text())
     _log(f"scoring {len(models)} stages on the held-out set ({data}, {split})")
-    report = accuracy.run(models, str(data), split, cfg.heldout.limit, out=out,
+    report = accuracy.run(models, str(data), split, cfg.heldout.limit, out=out, task=cfg.task,
                           max_new_tokens=made_from["max_new_tokens"], batch_size=cfg.eval.batch_size, progress=True,
                           command="svlm run (held-out step)", compare_to=refs)
     write_json(out / MADE_FROM, made_from)
@@ -407,9 +414,10 @@ def run_bench(cfg: RunConfig, root: Path, stages: list[str], exported: dict, max
         _log(f"benchmarking accuracy on the {cfg.bench.split} split: {stages[-1]} in PyTorch and "
              f"{len(onnx_models)} ONNX packages")
         acc = accuracy.run(torch_models + onnx_models, str(root), cfg.bench.split, cfg.bench.limit, out=out,
+                           task=cfg.task,
                            max_new_tokens=max_new_tokens, batch_size=cfg.eval.batch_size,
                            progress=True, command="svlm run (bench step)")
-        images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images)
+        images = latency.sample_images(root, cfg.bench.split, cfg.bench.latency_images, cfg.task)
         _log("benchmarking latency (one process per model)")
         lat = latency.run(torch_models[-1:] + onnx_models, images, out, cfg.bench.latency_runs,
                           cfg.bench.latency_warmup, max_new_tokens=max_new_tokens,

@@ -2,17 +2,19 @@
 
 Every reward has trl 1.16's signature ``f(prompts, completions, completion_ids, **kwargs) -> list[float]``;
 extra dataset columns arrive as keyword lists, so the accuracy reward reads the ground truth from the
-``emotion`` column. Completions are conversational (a list with one assistant message) or plain strings;
-both are accepted. Judging is delegated to :func:`factory.prompts.parse_answer`, the same parser the
-evaluation uses, so what is rewarded is exactly what is scored.
+``label`` column. Completions are conversational (a list with one assistant message) or plain strings;
+both are accepted. Judging is delegated to the task's parser (``Task.parse``, the runtime's rule), the same
+the evaluation uses, so what is rewarded is exactly what is scored. ``get_rewards(names, task)`` binds the
+built-in rewards to a run's task; called without one they judge EmoSet's answers.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from factory.errors import ConfigError
-from factory.prompts import parse_answer
+from factory.tasks import Task, load_task
 
 
 def completion_text(completion) -> str:
@@ -31,7 +33,7 @@ def completion_text(completion) -> str:
     return content or ""
 
 
-def format_reward(completions, **kwargs) -> list[float]:
+def format_reward(completions, task: Task | None = None, **kwargs) -> list[float]:
     """1.0 for the strict ``<think>…</think><answer>LABEL</answer>`` shape with nothing after it, else 0.0.
 
     >>> format_reward(["<think>dark sky</think><answer>fear</answer>",
@@ -39,28 +41,30 @@ def format_reward(completions, **kwargs) -> list[float]:
     ...                "<answer>fear</answer>"])
     [1.0, 0.0, 0.0]
     """
-    return [float(parse_answer(completion_text(c)).well_formed) for c in completions]
+    task = load_task(task)
+    return [float(task.parse(completion_text(c)).well_formed) for c in completions]
 
 
 #: The prefix of the per-class accuracy reward metrics (``factory.train.plots`` draws them).
 ACCURACY_BY_CLASS = "rewards/accuracy_by_class"
 
 
-def accuracy_reward(completions, emotion, log_metric=None, **kwargs) -> list[float]:
-    """1.0 when the parsed answer equals the ground-truth ``emotion``, else 0.0 (format not required).
+def accuracy_reward(completions, label, log_metric=None, task: Task | None = None, **kwargs) -> list[float]:
+    """1.0 when the parsed answer equals the ground-truth ``label``, else 0.0 (format not required).
 
     With trl's ``log_metric`` callback, each completion's reward is also logged under
-    ``rewards/accuracy_by_class/<emotion>``; trl averages a metric over its logged values, so the curve is
+    ``rewards/accuracy_by_class/<label>``; trl averages a metric over its logged values, so the curve is
     the class's mean reward (one class collapsing is invisible in the overall mean).
 
     >>> accuracy_reward(["<think>x</think><answer>Awe</answer>", "<answer>awe</answer>", "awe"],
-    ...                 emotion=["awe", "awe", "awe"])
+    ...                 label=["awe", "awe", "awe"])
     [1.0, 1.0, 0.0]
     """
-    rewards = [float(parse_answer(completion_text(c)).label == truth) for c, truth in zip(completions, emotion,
-                                                                                              strict=True)]
+    task = load_task(task)
+    rewards = [float(task.parse(completion_text(c)).label == truth) for c, truth in zip(completions, label,
+                                                                                         strict=True)]
     if log_metric is not None:
-        for truth, reward in zip(emotion, rewards, strict=True):
+        for truth, reward in zip(label, rewards, strict=True):
             log_metric(f"{ACCURACY_BY_CLASS}/{truth}", reward)
     return rewards
 
@@ -69,16 +73,28 @@ def accuracy_reward(completions, emotion, log_metric=None, **kwargs) -> list[flo
 REWARDS: dict[str, Callable[..., list[float]]] = {"format": format_reward, "accuracy": accuracy_reward}
 
 
-def get_rewards(names: list[str] | tuple[str, ...]) -> list[Callable[..., list[float]]]:
-    """Resolve rewards: a built-in name, or ``module:function`` (a function with trl's reward signature,
-    imported from the installed packages or the working directory). Anything else is a one-line config error.
+def get_rewards(names: list[str] | tuple[str, ...], task: Task | None = None) -> list[Callable[..., list[float]]]:
+    """Resolve rewards: a built-in name (bound to ``task``: its labels and answer rule), or ``module:function``
+    (a function with trl's reward signature, imported from the installed packages or the working directory;
+    it gets the dataset's ``label`` column like any other). Anything else is a one-line config error.
 
     >>> [f.__name__ for f in get_rewards(["format", "accuracy"])]
     ['format_reward', 'accuracy_reward']
     >>> get_rewards(["factory.rewards:format_reward"])[0] is format_reward
     True
     """
-    return [REWARDS[n] if n in REWARDS else _import_reward(n) for n in names]
+    return [_bind(REWARDS[n], task) if n in REWARDS else _import_reward(n) for n in names]
+
+
+def _bind(reward: Callable[..., list[float]], task: Task | None) -> Callable[..., list[float]]:
+    """``reward`` judging ``task``'s answers, under its own name (trl logs a reward by ``__name__``)."""
+    task = load_task(task)
+
+    @functools.wraps(reward)
+    def bound(*args, **kwargs):
+        return reward(*args, **kwargs, task=task)
+
+    return bound
 
 
 def _import_reward(path: str) -> Callable[..., list[float]]:

@@ -16,7 +16,7 @@ def test_metrics_on_fixed_predictions():
     y_true = ["awe", "awe", "fear", "fear", "anger", "sadness", "sadness", "sadness"]
     y_pred = ["awe", "fear", "fear", None, "anger", "sadness", "awe", "sadness"]
     well = [True, True, False, False, True, True, True, True]
-    m = metrics(y_true, y_pred, well)
+    m = metrics(y_true, y_pred, well, list(EMOTIONS))
     assert m["n"] == 8 and m["accuracy"] == 5 / 8
     assert m["format_rate"] == 6 / 8 and m["unparsable_rate"] == 1 / 8
     filled = [p or "<unparsable>" for p in y_pred]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from export.compare import agreement_text, compare, first_divergence, until_eos
+from factory.prompts import ANSWER_FORMAT
 
 EOS = 2
 # a character per token: 10 -> "<", 11 -> "a", ...; what the fake tokenizer decodes
@@ -30,6 +31,7 @@ class FakePackage:
     """Answers each image (its pixel value's first entry is the index) with scripted tokens and logits."""
 
     eos_ids = {EOS}
+    answer_format = ANSWER_FORMAT  # a real package's comes from its manifest
 
     def __init__(self, answers: list[list[int]], logits: list[np.ndarray]):
         self.answers, self.logits, self.asked = answers, logits, []
@@ -41,12 +43,10 @@ class FakePackage:
         return self.logits[int(feats[0, 0])][None], []
 
     def generate(self, pixel_values, max_new_tokens, label_probs):
-        from factory.prompts import parse_answer
-
         self.asked.append((max_new_tokens, label_probs))
         ids = self.answers[int(pixel_values[0, 0, 0, 0])][:max_new_tokens]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return SimpleNamespace(token_ids=ids, label=parse_answer(text).label)
+        return SimpleNamespace(token_ids=ids, label=self.answer_format.parse(text).label)
 
 
 AWE, FEAR = [10, 11, 13], [10, 12, 13]

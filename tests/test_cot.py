@@ -45,7 +45,7 @@ def test_attribute_teacher_never_sees_the_label_and_mostly_agrees(synth_root, tm
     for line in (tmp_path / "cot" / "cot.jsonl").read_text().splitlines():
         row = json.loads(line)
         parsed = parse_answer(row["response"])
-        assert parsed.well_formed and parsed.label == row["emotion"]
+        assert parsed.well_formed and parsed.label == row["label"]
         assert row["teacher"] == "attributes" and row["teacher_kind"] == "attributes"
     assert "| attributes |" in (tmp_path / "cot" / "summary.md").read_text()
 
@@ -170,12 +170,12 @@ def test_training_datasets_from_a_build(synth_root, tmp_path, records):
     row = sft[0]
     assert row["image"].size == (48, 48)
     assert row["prompt"][0]["role"] == "user" and row["completion"][0]["role"] == "assistant"
-    assert parse_answer(row["completion"][0]["content"][0]["text"]).label == row["emotion"]
+    assert parse_answer(row["completion"][0]["content"][0]["text"]).label == row["label"]
     assert len(sft) == len({r["image_id"] for r in map(json.loads, (tmp_path / "cot" / "cot.jsonl").read_text().splitlines())})
     base = label_rows(records)
     assert base[0]["completion"][0]["content"][0]["text"] == f"<answer>{records[0].emotion}</answer>"
     grpo = to_dataset(grpo_rows(records))
-    assert set(grpo.column_names) == {"image", "prompt", "emotion"} and len(grpo) == len(records)
+    assert set(grpo.column_names) == {"image", "prompt", "label"} and len(grpo) == len(records)
 
 
 def test_config_errors(synth_root, tmp_path, monkeypatch):

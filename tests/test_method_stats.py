@@ -81,15 +81,15 @@ def test_run_scores_every_stage_on_a_clean_heldout_set(tiny_run, capsys):
     report = json.loads((tiny_run / "heldout" / "accuracy.json").read_text())
     for name, s in held["stages"].items():
         row = next(r for r in report["models"] if r["path"].endswith(name))
-        correct = [p["predicted"] == p["emotion"] for p in row["predictions"]]
+        correct = [p["predicted"] == p["label"] for p in row["predictions"]]
         assert s["accuracy"] == pytest.approx(np.mean(correct))
         assert s["accuracy_ci"][0] <= s["accuracy"] <= s["accuracy_ci"][1]
     # every stage but the references is tested against both; 1_sft also against the baseline
     assert set(held["stages"]["2_grpo_format"]["vs"]) == {"0_baseline", "1_sft"}
     assert set(held["stages"]["1_sft"]["vs"]) == {"0_baseline"}
     vs = held["stages"]["2_grpo_format"]["vs"]["1_sft"]
-    mine = [p["predicted"] == p["emotion"] for p in report["models"][2]["predictions"]]
-    ref = [p["predicted"] == p["emotion"] for p in report["models"][1]["predictions"]]
+    mine = [p["predicted"] == p["label"] for p in report["models"][2]["predictions"]]
+    ref = [p["predicted"] == p["label"] for p in report["models"][1]["predictions"]]
     assert vs["diff"] == pytest.approx(np.mean(mine) - np.mean(ref))
     assert vs["only_this"] == sum(a and not b for a, b in zip(mine, ref))
     assert "accuracy [95 % CI]" in (tiny_run / "heldout" / "accuracy.md").read_text()

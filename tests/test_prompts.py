@@ -49,7 +49,7 @@ def test_format_then_parse_round_trips(label):
 
 
 def test_format_rejects_unknown_label():
-    with pytest.raises(ValueError, match="unknown emotion"):
+    with pytest.raises(ValueError, match="unknown label"):
         format_answer("joy", "x")
 
 
@@ -92,15 +92,18 @@ def test_format_answer_strips_the_reasoning():
     assert format_answer("fear") == "<answer>fear</answer>"
 
 
-def test_emotions_are_read_from_the_official_label_file():
-    """EMOTIONS is computed at import; calling the reader again checks it against factory/data/info.json."""
+def test_shipped_tasks_use_the_official_label_files_order():
+    """The task files spell out their labels; they must be EmoSet's info.json vocabularies, in index order."""
     import json
     from importlib import resources
 
-    from factory.prompts import _load_emotions
+    from factory.tasks import load_task
 
-    info = json.loads(resources.files("factory.data").joinpath("info.json").read_text())["emotion"]["idx2label"]
-    assert _load_emotions() == EMOTIONS == tuple(info[str(i)] for i in range(8))
+    info = json.loads(resources.files("factory.data").joinpath("info.json").read_text())
+    for task, field in (("emoset", "emotion"), ("facial_expression", "facial_expression")):
+        idx2label = info[field]["idx2label"]
+        assert load_task(task).labels == [idx2label[str(i)] for i in range(len(idx2label))]
+    assert EMOTIONS == tuple(load_task("emoset").labels)
 
 
 def test_parse_answer_returns_the_reasoning_and_a_bare_label_is_never_well_formed():

@@ -165,8 +165,8 @@ def test_grpo_rewards_score_completions_decoded_like_trl(family, tiny_processors
     ids = [tok(text, add_special_tokens=False).input_ids + [eos] for text, *_ in rows]
     completions = [[{"role": "assistant", "content": c}] for c in tok.batch_decode(ids, skip_special_tokens=True)]
     truths = [r[1] for r in rows]
-    assert format_reward(completions=completions, emotion=truths) == [r[2] for r in rows]
-    assert accuracy_reward(completions=completions, emotion=truths) == [r[3] for r in rows]
+    assert format_reward(completions=completions, label=truths) == [r[2] for r in rows]
+    assert accuracy_reward(completions=completions, label=truths) == [r[3] for r in rows]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -283,13 +283,13 @@ def test_one_grpo_step_decodes_and_rewards_real_completions(family, tiny_dirs, s
     seen = []
 
     def spying(name):
-        def reward(completions, completion_ids, emotion, **kw):
-            seen.append((name, completions, completion_ids, emotion, kw.get("prompts")))
-            return rewards.REWARDS[name](completions=completions, emotion=emotion, **kw)
+        def reward(completions, completion_ids, label, **kw):
+            seen.append((name, completions, completion_ids, label, kw.get("prompts")))
+            return rewards.REWARDS[name](completions=completions, label=label, **kw)
         reward.__name__ = f"{name}_reward"
         return reward
 
-    monkeypatch.setattr(grpo, "get_rewards", lambda names: [spying(n) for n in names])
+    monkeypatch.setattr(grpo, "get_rewards", lambda names, task=None: [spying(n) for n in names])
     stage = {"parent": None, "rewards": ["format", "accuracy"], "max_steps": 1, "batch_size": 4, "grad_accum": 1,
              "num_generations": 2, "max_completion_length": 8, "save_steps": 1, "logging_steps": 1}
     cfg = config_lib.build(TrainConfig, {"output_dir": str(tmp_path), "name": "g", "data": str(synth_root),

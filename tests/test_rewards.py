@@ -27,8 +27,8 @@ ROWS = [
 def test_reward_table(text, truth, fmt, acc):
     conversational = [[{"role": "assistant", "content": text}]]
     for completions in ([text], conversational):
-        assert format_reward(completions=completions, emotion=[truth]) == [fmt]
-        assert accuracy_reward(completions=completions, emotion=[truth]) == [acc]
+        assert format_reward(completions=completions, label=[truth]) == [fmt]
+        assert accuracy_reward(completions=completions, label=[truth]) == [acc]
 
 
 def test_rewards_take_trl_keyword_arguments():
@@ -36,7 +36,7 @@ def test_rewards_take_trl_keyword_arguments():
     kwargs = {"prompts": [None] * len(ROWS), "completion_ids": [[1]] * len(ROWS), "image": [None] * len(ROWS),
               "trainer_state": None}
     assert format_reward(completions=texts, **kwargs) == [r[2] for r in ROWS]
-    assert accuracy_reward(completions=texts, emotion=[r[1] for r in ROWS], **kwargs) == [r[3] for r in ROWS]
+    assert accuracy_reward(completions=texts, label=[r[1] for r in ROWS], **kwargs) == [r[3] for r in ROWS]
 
 
 def test_every_reward_name_resolves_and_unknown_names_are_listed():
@@ -49,7 +49,7 @@ def test_accuracy_reward_logs_each_class_through_trls_callback():
     logged = []
     texts = ["<answer>fear</answer>", "<answer>awe</answer>", "<answer>fear</answer>", "no answer"]
     truth = ["fear", "fear", "awe", "awe"]
-    rewards = accuracy_reward(completions=texts, emotion=truth, log_metric=lambda name, v: logged.append((name, v)))
+    rewards = accuracy_reward(completions=texts, label=truth, log_metric=lambda name, v: logged.append((name, v)))
     assert rewards == [1.0, 0.0, 0.0, 0.0]
     assert logged == [(f"{ACCURACY_BY_CLASS}/fear", 1.0), (f"{ACCURACY_BY_CLASS}/fear", 0.0),
                       (f"{ACCURACY_BY_CLASS}/awe", 0.0), (f"{ACCURACY_BY_CLASS}/awe", 0.0)]
@@ -58,9 +58,9 @@ def test_accuracy_reward_logs_each_class_through_trls_callback():
 def test_accuracy_reward_refuses_completions_and_labels_of_different_lengths():
     """A batch whose labels are misaligned with its completions must not be scored against the wrong image."""
     with pytest.raises(ValueError):
-        accuracy_reward(completions=["<answer>awe</answer>", "<answer>fear</answer>"], emotion=["awe"])
+        accuracy_reward(completions=["<answer>awe</answer>", "<answer>fear</answer>"], label=["awe"])
     with pytest.raises(ValueError):
-        accuracy_reward(completions=["<answer>awe</answer>"], emotion=["awe", "fear"])
+        accuracy_reward(completions=["<answer>awe</answer>"], label=["awe", "fear"])
 
 
 @pytest.mark.parametrize("completion,text", [

@@ -31,7 +31,7 @@ from factory.cot.teachers import TeacherConfig, TeacherError, make_teacher
 from factory.data.emoset import EmoSetRecord, SplitResult, read_split
 from factory.errors import ConfigError, DataError
 from factory.files import folder_lock, write_json
-from factory.prompts import EMOTIONS, LABEL2ID, parse_answer
+from factory.tasks import Task, load_task
 
 RESULTS, TRACES = "results.jsonl", "cot.jsonl"
 
@@ -41,6 +41,7 @@ class CotConfig:
     """``svlm cot build``: which data, which teachers, how to verify."""
 
     data: str = ""  # EmoSet root
+    task: str = "emoset"  # the labels, question and answer rule (factory.tasks)
     split: str = "train"
     out: str = ""
     teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])
@@ -63,8 +64,8 @@ class CotConfig:
             raise ConfigError(f"teacher names must be unique, got {names}")
 
 
-def _classify(raw: str, label: str) -> tuple[str, str | None]:
-    parsed = parse_answer(raw)
+def _classify(raw: str, label: str, task: Task) -> tuple[str, str | None]:
+    parsed = task.parse(raw)
     if parsed.label is None:
         return "unparsable", None
     if parsed.label != label:
@@ -113,8 +114,8 @@ def read_results(path: Path) -> list[dict]:
 
 class Builder:
     def __init__(self, cfg: CotConfig):
-        self.cfg = cfg
-        self.teachers = [make_teacher(t) for t in cfg.teachers]
+        self.cfg, self.task = cfg, load_task(cfg.task)
+        self.teachers = [make_teacher(t, self.task) for t in cfg.teachers]
         self.slots = {t.name: threading.BoundedSemaphore(t.concurrency) for t in self.teachers}
 
     def _ask(self, teacher, record: EmoSetRecord, hint: str | None = None) -> dict:
@@ -126,7 +127,7 @@ class Builder:
                 return attempt | {"status": exc.kind}
             except Exception as exc:  # a broken backend must not kill a long build
                 return attempt | {"status": "teacher_error", "detail": type(exc).__name__}
-        status, parsed = _classify(raw, record.emotion)
+        status, parsed = _classify(raw, record.label, self.task)
         return attempt | {"status": status, "parsed": parsed, "response": raw}
 
     def process(self, record: EmoSetRecord) -> dict:
@@ -140,13 +141,13 @@ class Builder:
                     for a in attempts if a["status"] == "accepted"]
         if self.cfg.rationalize and agreed == 0:
             for teacher in self.teachers:
-                hinted = self._ask(teacher, record, hint=record.emotion) | {"hinted": True}
+                hinted = self._ask(teacher, record, hint=record.label) | {"hinted": True}
                 attempts.append(hinted)
                 if hinted["status"] == "accepted":
                     accepted.append({"teacher": teacher.name, "kind": teacher.cfg.kind, "response": hinted["response"],
                                      "rationalized": True})
                     break
-        return {"image_id": record.image_id, "emotion": record.emotion, "image": str(record.image_path),
+        return {"image_id": record.image_id, "label": record.label, "image": str(record.image_path),
                 "n_asked": sum(not a.get("hinted") for a in attempts), "n_agreed": agreed,
                 "attempts": attempts, "accepted": accepted}
 
@@ -159,7 +160,8 @@ def _check_resume_compatible(cfg: CotConfig, out: Path) -> None:
 
     saved = yaml.safe_load(saved_path.read_text())
     now = config_lib.to_dict(cfg)
-    keys = ("data", "split", "teachers", "policy", "k", "rationalize")
+    keys = ("data", "task", "split", "teachers", "policy", "k", "rationalize")
+    saved.setdefault("task", "emoset")  # builds made before tasks were EmoSet's
     changed = [k for k in keys if saved.get(k) != now.get(k)]
     if changed:
         raise DataError(f"{out} holds a CoT build made with other settings ({', '.join(changed)} differ); "
@@ -183,7 +185,8 @@ def build(cfg: CotConfig, progress: bool = True, split: SplitResult | None = Non
 def _build(cfg: CotConfig, builder: Builder, out: Path, progress: bool, split: SplitResult | None) -> dict:
     _check_resume_compatible(cfg, out)
     if split is None:
-        split = read_split(cfg.data, cfg.split, strict=cfg.strict_data, check_images=cfg.check_images)
+        split = read_split(cfg.data, cfg.split, task=builder.task, strict=cfg.strict_data,
+                           check_images=cfg.check_images)
     if split.skipped:
         split.write_report(out / "data_report.json")
     records = split.records[: cfg.limit] if cfg.limit else split.records
@@ -214,40 +217,46 @@ def _build(cfg: CotConfig, builder: Builder, out: Path, progress: bool, split: S
         finally:
             if bar is not None:
                 bar.close()
-    return finalize(out, {r.image_id for r in records})
+    return finalize(out, {r.image_id for r in records}, builder.task)
 
 
-def finalize(out: Path, wanted: set[str] | None = None) -> dict:
+def row_label(row: dict) -> str:
+    """The label of a results / cot.jsonl row (builds made before tasks wrote it as ``emotion``)."""
+    return row["label"] if "label" in row else row["emotion"]
+
+
+def finalize(out: Path, wanted: set[str] | None = None, task: Task | None = None) -> dict:
     """Write cot.jsonl and the summary from the resume log."""
+    task = load_task(task)
     rows = [r for r in read_results(out / RESULTS) if wanted is None or r["image_id"] in wanted]
-    rows.sort(key=lambda r: (LABEL2ID[r["emotion"]], r["image_id"]))
+    rows.sort(key=lambda r: (task.label2id[row_label(r)], r["image_id"]))
     tmp = out / (TRACES + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             for trace in row["accepted"]:
-                fh.write(json.dumps({"image_id": row["image_id"], "emotion": row["emotion"], "image": row["image"],
+                fh.write(json.dumps({"image_id": row["image_id"], "label": row_label(row), "image": row["image"],
                                      "teacher": trace["teacher"], "teacher_kind": trace["kind"],
                                      "response": trace["response"],
                                      "n_agreed": row["n_agreed"], "n_asked": row["n_asked"],
                                      "rationalized": trace["rationalized"]}) + "\n")
     tmp.replace(out / TRACES)
-    summary = summarize(rows)
+    summary = summarize(rows, task)
     write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], task: Task | None = None) -> dict:
     per_teacher: dict[str, Counter] = defaultdict(Counter)
     failures: Counter = Counter()
-    per_class = {e: Counter() for e in EMOTIONS}
+    per_class = {label: Counter() for label in load_task(task).labels}
     agreement: Counter = Counter()
     rationalized = 0
     for row in rows:
         agreement[row["n_agreed"]] += 1
         has_trace = any(not t["rationalized"] for t in row["accepted"])
-        per_class[row["emotion"]]["images"] += 1
-        per_class[row["emotion"]]["accepted"] += has_trace
+        per_class[row_label(row)]["images"] += 1
+        per_class[row_label(row)]["accepted"] += has_trace
         rationalized += any(t["rationalized"] for t in row["accepted"])
         for a in row["attempts"]:
             if a.get("hinted"):
@@ -264,6 +273,7 @@ def summarize(rows: list[dict]) -> dict:
     images = len(rows)
     with_trace = sum(c["accepted"] for c in per_class.values())
     return {
+        "task": load_task(task).name,
         "images": images,
         "images_with_trace": with_trace,
         "image_acceptance_rate": with_trace / images if images else 0.0,
@@ -287,7 +297,7 @@ def summary_markdown(s: dict) -> str:
     for name, t in s["per_teacher"].items():
         fails = ", ".join(f"{k} {v}" for k, v in t["failures"].items()) or "-"
         lines.append(f"| {name} | {t['asked']} | {t['accepted']} | {t['acceptance_rate']:.1%} | {fails} |")
-    lines += ["", "## Per class", "", "| emotion | images | with trace | rate |", "|---|---:|---:|---:|"]
+    lines += ["", "## Per class", "", "| label | images | with trace | rate |", "|---|---:|---:|---:|"]
     for e, c in s["per_class"].items():
         lines.append(f"| {e} | {c['images']} | {c['with_trace']} | {c['acceptance_rate']:.1%} |")
     lines += ["", "## Teachers agreeing with the label", "", "| teachers | images |", "|---:|---:|"]

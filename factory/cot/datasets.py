@@ -3,7 +3,9 @@
 * SFT (stage 1): conversational ``prompt`` / ``completion`` columns plus an ``image`` column, so trl puts
   the loss on the answer only (DESIGN.md §3: a plain ``messages`` column trains on every token).
 * Label-only SFT (stage 0, the paper's baseline): the same images, completion ``<answer>label</answer>``.
-* GRPO (stages 2-4): ``prompt`` + ``image`` + ``emotion`` (the accuracy reward's ground truth).
+* GRPO (stages 2-4): ``prompt`` + ``image`` + ``label`` (the accuracy reward's ground truth).
+
+Every row builder takes the task (``factory.tasks``): its question and its answer format.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.cot.build import TRACES
+from factory.cot.build import TRACES, row_label
 from factory.data.emoset import EmoSetRecord
-from factory.prompts import build_messages, format_answer
+from factory.tasks import Task, load_task
 
 
-def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: bool = False) -> list[dict]:
+def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: bool = False,
+             task: Task | None = None) -> list[dict]:
     """Rows for CoT SFT. ``traces``: "all" accepted traces, or "first" (one per image, teacher order)."""
     if traces not in ("all", "first"):
         raise ValueError(f"traces must be 'all' or 'first', got {traces!r}")
+    task = load_task(task)
     rows, seen = [], set()
     for line in (Path(cot_dir) / TRACES).read_text().splitlines():
         rec = json.loads(line)
@@ -28,24 +32,25 @@ def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: boo
         if traces == "first" and rec["image_id"] in seen:
             continue
         seen.add(rec["image_id"])
-        user, assistant = build_messages("cot", answer=rec["response"].strip())
+        user, assistant = task.messages("cot", answer=rec["response"].strip())
         rows.append({"image": rec["image"], "prompt": [user], "completion": [assistant],
-                     "emotion": rec["emotion"], "teacher": rec["teacher"]})
+                     "label": row_label(rec), "teacher": rec["teacher"]})
     return rows
 
 
-def label_rows(records: list[EmoSetRecord]) -> list[dict]:
+def label_rows(records: list[EmoSetRecord], task: Task | None = None) -> list[dict]:
     """Rows for the label-only baseline."""
-    rows = []
+    task, rows = load_task(task), []
     for r in records:
-        user, assistant = build_messages("label", answer=format_answer(r.emotion))
-        rows.append({"image": str(r.image_path), "prompt": [user], "completion": [assistant], "emotion": r.emotion})
+        user, assistant = task.messages("label", answer=task.format_answer(r.label))
+        rows.append({"image": str(r.image_path), "prompt": [user], "completion": [assistant], "label": r.label})
     return rows
 
 
-def grpo_rows(records: list[EmoSetRecord]) -> list[dict]:
+def grpo_rows(records: list[EmoSetRecord], task: Task | None = None) -> list[dict]:
     """Rows for GRPO: the question, the image and the label for the accuracy reward."""
-    return [{"image": str(r.image_path), "prompt": build_messages("cot"), "emotion": r.emotion} for r in records]
+    task = load_task(task)
+    return [{"image": str(r.image_path), "prompt": task.messages("cot"), "label": r.label} for r in records]
 
 
 def to_dataset(rows: list[dict]):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from factory.data.emoset import EmoSetRecord
 from factory.errors import ConfigError
-from factory.prompts import question
+from factory.tasks import Task, load_task
 
 KINDS = ("openai", "local", "attributes")
 
@@ -117,13 +117,13 @@ def hint_text(label: str) -> str:
 
 
 class AttributeTeacher:
-    def __init__(self, cfg: TeacherConfig):
-        self.cfg, self.name, self.concurrency = cfg, cfg.name, cfg.concurrency
+    def __init__(self, cfg: TeacherConfig, task: Task | None = None):
+        self.cfg, self.name, self.concurrency, self.task = cfg, cfg.name, cfg.concurrency, load_task(task)
 
     def respond(self, record: EmoSetRecord, hint: str | None = None) -> str:
         from factory.cot.attributes import attribute_response
 
-        return attribute_response(record.attributes, hint)
+        return attribute_response(record.attributes, hint, self.task)
 
 
 def image_bytes(path: Path, max_side: int) -> tuple[bytes, str]:
@@ -141,15 +141,15 @@ def image_bytes(path: Path, max_side: int) -> tuple[bytes, str]:
 
 
 class OpenAITeacher:
-    def __init__(self, cfg: TeacherConfig):
-        self.cfg, self.name, self.concurrency = cfg, cfg.name, cfg.concurrency
+    def __init__(self, cfg: TeacherConfig, task: Task | None = None):
+        self.cfg, self.name, self.concurrency, self.task = cfg, cfg.name, cfg.concurrency, load_task(task)
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
             raise ConfigError(f"teacher {cfg.name!r}: environment variable {cfg.api_key_env} (api_key_env) is not set")
 
     def _payload(self, record: EmoSetRecord, hint: str | None) -> bytes:
         data, mime = image_bytes(record.image_path, self.cfg.image_max_side)
-        text = question("cot") + (hint_text(hint) if hint else "")
+        text = self.task.question("cot") + (hint_text(hint) if hint else "")
         body = {
             "model": self.cfg.model,
             "messages": [{"role": "user", "content": [
@@ -242,8 +242,8 @@ class OpenAITeacher:
 class LocalTeacher:
     """A transformers model answering one image at a time (thread-safe via a lock)."""
 
-    def __init__(self, cfg: TeacherConfig):
-        self.cfg, self.name, self.concurrency = cfg, cfg.name, 1
+    def __init__(self, cfg: TeacherConfig, task: Task | None = None):
+        self.cfg, self.name, self.concurrency, self.task = cfg, cfg.name, 1, load_task(task)
         self._lock = threading.Lock()
         self._loaded = None
 
@@ -281,7 +281,7 @@ class LocalTeacher:
 
         with self._lock:
             loaded = self._load()
-            text = question("cot") + (hint_text(hint) if hint else "")
+            text = self.task.question("cot") + (hint_text(hint) if hint else "")
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             prompt = loaded.processor.apply_chat_template(messages, add_generation_prompt=True)
             with Image.open(record.image_path) as img:
@@ -294,6 +294,7 @@ class LocalTeacher:
             return loaded.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def make_teacher(cfg: TeacherConfig):
-    return {"openai": OpenAITeacher, "local": LocalTeacher, "attributes": AttributeTeacher}[cfg.kind](cfg)
+def make_teacher(cfg: TeacherConfig, task: str | Task | None = None):
+    """The teacher ``cfg`` describes, asking ``task``'s question (default EmoSet)."""
+    return {"openai": OpenAITeacher, "local": LocalTeacher, "attributes": AttributeTeacher}[cfg.kind](cfg, task)
 

@@ -7,6 +7,11 @@
 A split file is a JSON list of ``[emotion, image_id, "image/…jpg", "annotation/…json"]``. Annotations hold
 ``image_id``, ``emotion`` and whichever attributes exist; every attribute may be missing.
 
+The reader serves a task (``factory.tasks``): the split file's label is checked against the task's labels
+when the task is labelled by it (EmoSet's emotions, an import's folders); a task labelled from an annotation
+attribute (``facial_expression``) takes each image's label from there, and images without it are not part of
+the task: they are counted (``SplitResult.unlabelled``), not errors.
+
 Bad data is either an error (``strict=True``: a ``DataError`` naming the file, entry and problem) or is
 skipped and reported (``strict=False``: ``SplitResult.skipped`` and ``write_report``). Problems:
 
@@ -14,7 +19,7 @@ skipped and reported (``strict=False``: ``SplitResult.skipped`` and ``write_repo
 kind               meaning
 =================  ==============================================================================
 malformed_entry    a split entry is not a 4-list of strings, or its paths leave the data root
-unknown_label      the emotion is not one of the 8 in info.json
+unknown_label      the label is not one of the task's (EmoSet: the 8 emotions of info.json)
 label_mismatch     the annotation's emotion disagrees with the split file
 duplicate_id       the image id appeared earlier in the same split
 missing_image      the image file does not exist
@@ -39,10 +44,9 @@ from typing import Literal
 
 from factory.errors import DataError
 from factory.files import write_json
-from factory.prompts import EMOTIONS, LABEL2ID
+from factory.tasks import ATTRIBUTES, Task, load_task
 
 SPLITS = ("train", "val", "test")
-ATTRIBUTES = ("brightness", "colorfulness", "scene", "object", "facial_expression", "human_action")
 ImageCheck = Literal["decode", "header", "none"]
 
 
@@ -54,16 +58,18 @@ def load_info() -> dict:
 
 @dataclass(frozen=True)
 class EmoSetRecord:
-    """One labelled image. ``attributes`` holds only the annotation attributes that exist."""
+    """One labelled image. ``emotion`` is the split file's label (EmoSet's emotion, an import's folder),
+    ``label`` the task's; ``attributes`` holds only the annotation attributes that exist."""
 
     image_id: str
     emotion: str
     image_path: Path
     attributes: dict = field(default_factory=dict, hash=False, compare=False)
+    label: str = ""  # the task's label ("": the split file's)
 
-    @property
-    def label(self) -> int:
-        return LABEL2ID[self.emotion]
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.emotion)
 
 
 @dataclass
@@ -80,13 +86,18 @@ class SplitResult:
     records: list[EmoSetRecord]
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[Skipped] = field(default_factory=list)
+    task: str = "emoset"
+    labels: tuple[str, ...] = ()  # the task's, in its order (the report lists classes so)
+    unlabelled: int = 0  # images without the task's label (a task labelled from an attribute)
 
     def summary(self) -> dict:
+        counts = Counter(r.label for r in self.records)
         return {
             "split": self.split,
+            "task": self.task,
             "records": len(self.records),
-            "per_class": {e: c for e, c in sorted(Counter(r.emotion for r in self.records).items(),
-                                                   key=lambda kv: LABEL2ID[kv[0]])},
+            "per_class": {label: counts[label] for label in self.labels or sorted(counts) if counts[label]},
+            "unlabelled": self.unlabelled,
             "skipped": len(self.skipped),
             "skipped_by_kind": dict(Counter(s.kind for s in self.skipped)),
             "warnings_by_kind": dict(Counter(w.kind for w in self.warnings)),
@@ -185,12 +196,12 @@ def _read_split_file(root: Path, split: str) -> list:
     return entries
 
 
-def _parse_entry(root: Path, entry) -> tuple[str, str, Path, Path]:
+def _parse_entry(root: Path, entry, task: Task) -> tuple[str, str, Path, Path]:
     if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(x, str) for x in entry)):
         raise _Problem("malformed_entry", f"expected [emotion, image_id, image_path, annotation_path], got {entry!r}")
     emotion, image_id, image_rel, ann_rel = entry
-    if emotion not in LABEL2ID:
-        raise _Problem("unknown_label", f"emotion {emotion!r} is not one of {list(EMOTIONS)}")
+    if task.label_from == "split" and emotion not in task.label2id:
+        raise _Problem("unknown_label", f"label {emotion!r} is not one of task {task.name!r}'s {task.labels}")
     return emotion, image_id, _inside(root, image_rel), _inside(root, ann_rel)
 
 
@@ -214,13 +225,14 @@ def _read_annotation(path: Path, emotion: str) -> dict | None:
     return {k: ann[k] for k in ATTRIBUTES if ann.get(k) is not None}
 
 
-def read_split(root: str | Path, split: str, *, strict: bool = True, check_images: ImageCheck = "decode",
-               workers: int = 8, progress: bool = False) -> SplitResult:
-    """Read one split of an EmoSet-layout dataset.
+def read_split(root: str | Path, split: str, *, task: str | Task | None = None, strict: bool = True,
+               check_images: ImageCheck = "decode", workers: int = 8, progress: bool = False) -> SplitResult:
+    """Read one split of an EmoSet-layout dataset for ``task`` (default: EmoSet's emotions).
 
     Args:
         root: the data root (holds ``train.json`` etc.).
         split: "train", "val", "test" (any ``<name>.json`` works).
+        task: a ``Task`` or a task name / file (``factory.tasks.load_task``).
         strict: raise ``DataError`` on the first bad entry instead of skipping it.
         check_images: "decode" fully decodes every image (catches truncated JPEGs; slowest),
             "header" reads headers only, "none" checks that the file exists.
@@ -230,8 +242,9 @@ def read_split(root: str | Path, split: str, *, strict: bool = True, check_image
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
+    task = load_task(task)
     entries = _read_split_file(root, split)
-    result = SplitResult(split=split, records=[])
+    result = SplitResult(split=split, records=[], task=task.name, labels=tuple(task.labels))
     seen: set[str] = set()
     candidates: list[tuple[int, EmoSetRecord]] = []
 
@@ -243,7 +256,7 @@ def read_split(root: str | Path, split: str, *, strict: bool = True, check_image
     for index, entry in enumerate(entries):
         image_id = entry[1] if isinstance(entry, list) and len(entry) > 1 and isinstance(entry[1], str) else None
         try:
-            emotion, image_id, image_path, ann_path = _parse_entry(root, entry)
+            emotion, image_id, image_path, ann_path = _parse_entry(root, entry, task)
             if image_id in seen:
                 raise _Problem("duplicate_id", f"image id {image_id!r} appears more than once in {split}")
             seen.add(image_id)
@@ -254,7 +267,18 @@ def read_split(root: str | Path, split: str, *, strict: bool = True, check_image
         if attributes is None:
             result.warnings.append(Skipped(index, image_id, "missing_annotation", f"no file {ann_path}"))
             attributes = {}
-        candidates.append((index, EmoSetRecord(image_id, emotion, image_path, attributes)))
+        label = task.label_of(emotion, attributes)
+        if label is not None and task.label_from != "split":
+            label = task.answer_format.normalize_label(label)  # the task's spelling (case, aliases)
+            if label is None:
+                problem(index, image_id, _Problem("unknown_label", f"{task.label_from} "
+                                                  f"{attributes[task.label_from]!r} is not one of task "
+                                                  f"{task.name!r}'s {task.labels}"))
+                continue
+        if label is None:
+            result.unlabelled += 1
+            continue
+        candidates.append((index, EmoSetRecord(image_id, emotion, image_path, attributes, label)))
 
     def check(item: tuple[int, EmoSetRecord]) -> _Problem | None:
         try:
@@ -277,21 +301,23 @@ def read_split(root: str | Path, split: str, *, strict: bool = True, check_image
     return result
 
 
-def to_hf_dataset(records: list[EmoSetRecord]):
-    """A ``datasets.Dataset`` view (image column decoded lazily) for the trainers."""
+def to_hf_dataset(records: list[EmoSetRecord], task: str | Task | None = None):
+    """A ``datasets.Dataset`` view (image column decoded lazily) for the trainers; ``label`` is the task's
+    class index."""
     import datasets
 
+    task = load_task(task)
     features = datasets.Features({
         "image": datasets.Image(),
         "image_id": datasets.Value("string"),
         "emotion": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=list(EMOTIONS)),
+        "label": datasets.ClassLabel(names=list(task.labels)),
         "attributes": datasets.Value("string"),
     })
     return datasets.Dataset.from_dict({
         "image": [str(r.image_path) for r in records],
         "image_id": [r.image_id for r in records],
         "emotion": [r.emotion for r in records],
-        "label": [r.label for r in records],
+        "label": [task.label2id[r.label] for r in records],
         "attributes": [json.dumps(r.attributes) for r in records],
     }, features=features)

@@ -9,8 +9,8 @@ Everything downstream (CoT, training, evaluation, export validation, benchmarks)
 import writes that layout: ``image/<label>/<id>.<ext>``, ``annotation/<label>/<id>.json``, ``train.json``,
 ``val.json``, ``test.json``, ``info.json``. Splits come from the source when it has them (``train/``,
 ``val/`` or ``validation/``, ``test/`` subfolders; a dataset's own splits), else they are drawn per label
-with a seed (``--fractions``). Labels must be the task's (EmoSet's 8 emotions, matched case-insensitively;
-aliases map other names onto them). As with the reader, a bad item is an error (strict, the default) or
+with a seed (``--fractions``). Labels must be the task's (``--task``, default EmoSet's 8 emotions; matched by
+the task's rule, so its own aliases count; ``--alias`` maps other names onto them). As with the reader, a bad item is an error (strict, the default) or
 skipped and counted in ``import_report.json`` (``--lenient``); the output is then read back with the
 reader's own checks. Built in ``<out>.tmp``, renamed when complete; an existing ``--out`` is replaced only
 with ``--overwrite`` and only if an import wrote it.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from factory.errors import DataError
 from factory.files import write_json
-from factory.prompts import EMOTIONS
+from factory.tasks import load_task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MARK = ".svlm-import"  # an import's output folder holds it: only such folders are replaced
@@ -45,6 +45,7 @@ class ImportConfig:
     label_column: str = "label"  # hf
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test when unsplit
     seed: int = 0
+    task: str = "emoset"  # whose labels the source's are (factory.tasks)
     aliases: dict[str, str] = field(default_factory=dict)  # source label -> task label, e.g. {happy: amusement}
     strict: bool = True  # a bad item stops the import (False: skipped and reported)
     overwrite: bool = False
@@ -56,9 +57,10 @@ class ImportConfig:
             raise DataError("give the source path and --out")
         if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1) > 1e-6:
             raise DataError(f"fractions must be three shares (train, val, test) summing to 1, got {self.fractions}")
-        bad = {k: v for k, v in self.aliases.items() if v not in EMOTIONS}
+        labels = load_task(self.task).labels
+        bad = {k: v for k, v in self.aliases.items() if v not in labels}
         if bad:
-            raise DataError(f"aliases must map onto the task's labels {list(EMOTIONS)}; got {bad}")
+            raise DataError(f"aliases must map onto the task's labels {labels}; got {bad}")
 
 
 @dataclass
@@ -75,15 +77,15 @@ class _Skip(Exception):
         self.kind, self.detail = kind, detail
 
 
-def _label(name: str, aliases: dict[str, str]) -> str:
-    """The task label a source label stands for (case and separators ignored), or a _Skip."""
-    key = str(name).strip()
+def _label(name: str, cfg: ImportConfig) -> str:
+    """The task label a source label stands for (by the task's rule, or with separators ignored), or a _Skip."""
+    task, key = load_task(cfg.task), str(name).strip()
     for candidate in (key, key.lower(), key.lower().replace(" ", "_").replace("-", "_")):
-        if candidate in aliases:
-            return aliases[candidate]
-        if candidate in EMOTIONS:
-            return candidate
-    raise _Skip("unknown_label", f"label {name!r} is not one of {list(EMOTIONS)} (map it with aliases)")
+        if candidate in cfg.aliases:
+            return cfg.aliases[candidate]
+        if (label := task.answer_format.normalize_label(candidate)) is not None:
+            return label
+    raise _Skip("unknown_label", f"label {name!r} is not one of {task.labels} (map it with aliases)")
 
 
 def _folder_items(cfg: ImportConfig, skipped: list) -> list[_Item]:
@@ -98,7 +100,7 @@ def _folder_items(cfg: ImportConfig, skipped: list) -> list[_Item]:
         for label_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
             files = sorted(f for f in label_dir.rglob("*") if f.is_file())
             try:
-                label = _label(label_dir.name, cfg.aliases)
+                label = _label(label_dir.name, cfg)
             except _Skip as e:
                 _problem(cfg, skipped, str(label_dir), e, count=len(files))
                 continue
@@ -169,7 +171,7 @@ def _dataset_items(cfg: ImportConfig, skipped: list) -> list[_Item]:
             value = row[cfg.label_column]
             try:
                 name = names[value] if names is not None and isinstance(value, int) else value
-                label = _label(name, cfg.aliases)
+                label = _label(name, cfg)
             except (_Skip, IndexError, TypeError) as e:
                 _problem(cfg, skipped, where, e if isinstance(e, _Skip) else _Skip("unknown_label", repr(value)))
                 continue
@@ -231,7 +233,7 @@ def import_dataset(cfg: ImportConfig, progress: bool = False) -> dict:
 
     from factory.data.emoset import SPLITS, read_split
 
-    out = Path(cfg.out)
+    out, task = Path(cfg.out), load_task(cfg.task)
     if out.exists() and any(out.iterdir()):
         if not (out / MARK).is_file():
             raise DataError(f"{out} exists and was not written by svlm data import; refusing to replace it")
@@ -256,7 +258,9 @@ def import_dataset(cfg: ImportConfig, progress: bool = False) -> dict:
                 _problem(cfg, skipped, f"{item.split}/{item.label}/{item.image_id}", e)
                 continue
             ann = f"annotation/{item.label}/{item.image_id}.json"
-            (tmp / ann).write_text(json.dumps({"image_id": item.image_id, "emotion": item.label}))
+            # the layout's class field, and the attribute a task may be labelled from
+            (tmp / ann).write_text(json.dumps({"image_id": item.image_id, "emotion": item.label}
+                                              | ({task.label_from: item.label} if task.label_from != "split" else {})))
             entries[item.split].append([item.label, item.image_id, str(image.relative_to(tmp)), ann])
         for split, rows in entries.items():
             write_json(tmp / f"{split}.json", rows)
@@ -265,8 +269,8 @@ def import_dataset(cfg: ImportConfig, progress: bool = False) -> dict:
             raise DataError(f"the import has no {' or '.join(empty)} images; a run needs both (check the source "
                             "or --fractions)")
         for split in SPLITS:  # what was written reads back with the reader's own checks
-            read_split(tmp, split, strict=True, check_images="header")
-        report = {"source": cfg.source, "path": str(Path(cfg.path).resolve()),
+            read_split(tmp, split, task=task, strict=True, check_images="header")
+        report = {"source": cfg.source, "path": str(Path(cfg.path).resolve()), "task": task.name,
                   "splits": {s: dict(sorted(Counter(r[0] for r in rows).items())) for s, rows in entries.items()},
                   "images": {s: len(rows) for s, rows in entries.items()},
                   "skipped": skipped, "skipped_by_kind": dict(Counter(s["kind"] for s in skipped))}

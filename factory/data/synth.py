@@ -12,6 +12,9 @@ teacher can reason over. Three knobs keep accuracy from being trivially 100 %:
 
 Brightness and colorfulness in each annotation are measured from the saved pixels, rounded to EmoSet's
 0.1 steps. Output is class-balanced per split and deterministic per seed.
+
+It generates EmoSet itself, so it names EmoSet's emotions; a task labelled from an annotation attribute reads
+the same data (``facial_expression``: the expression drawn on each face, recorded with it).
 """
 
 from __future__ import annotations

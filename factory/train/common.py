@@ -40,6 +40,13 @@ class StageContext:
     progress: bool = True
 
     @property
+    def task(self):
+        """The run's task (``factory.tasks``): the labels, questions and answer rule the stage trains on."""
+        from factory.tasks import load_task
+
+        return load_task(self.cfg.task)
+
+    @property
     def parent_adapter(self) -> Path | None:
         if self.stage.parent is None:
             return None
@@ -141,13 +148,13 @@ def stage_rows(ctx: StageContext) -> list[dict]:
         if not (ctx.cot_dir / "cot.jsonl").is_file():
             raise SVLMError(f"stage {ctx.name} trains on CoT data, but {ctx.cot_dir}/cot.jsonl is missing; "
                             "build it with `svlm cot build` or set cot=DIR")
-        rows = sft_rows(ctx.cot_dir, traces=ctx.stage.traces)
+        rows = sft_rows(ctx.cot_dir, traces=ctx.stage.traces, task=ctx.task)
     else:
-        records = read_split(ctx.data_root, "train", strict=False, check_images="none").records
+        records = read_split(ctx.data_root, "train", task=ctx.task, strict=False, check_images="none").records
         if ctx.stage.data == "prompts" and ctx.stage.prompts == "cot":
             traced = _traced_images(ctx)
             records = [r for r in records if str(Path(r.image_path).resolve()) in traced]
-        rows = label_rows(records) if ctx.stage.data == "labels" else grpo_rows(records)
+        rows = label_rows(records, ctx.task) if ctx.stage.data == "labels" else grpo_rows(records, ctx.task)
     rows = usable_rows(ctx, rows)
     if not rows:
         raise SVLMError(f"stage {ctx.name}: no training rows ({ctx.stage.data} data is empty)")
@@ -175,7 +182,7 @@ def _traced_images(ctx: StageContext) -> set[str]:
     if not (ctx.cot_dir / "cot.jsonl").is_file():
         raise SVLMError(f"stage {ctx.name} samples only images with a CoT trace (prompts: cot), but "
                         f"{ctx.cot_dir}/cot.jsonl is missing; build it with `svlm cot build` or set prompts: all")
-    return {str(Path(row["image"]).resolve()) for row in sft_rows(ctx.cot_dir, traces="first")}
+    return {str(Path(row["image"]).resolve()) for row in sft_rows(ctx.cot_dir, traces="first", task=ctx.task)}
 
 
 def stage_dataset(ctx: StageContext):
@@ -278,9 +285,9 @@ def run_trainer(ctx: StageContext, trainer) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
         from factory.cards import write_adapter_card
-        from factory.prompts import EMOTIONS
 
-        write_adapter_card(tmp, base_model=ctx.base, stage=ctx.name, run=ctx.cfg.name, labels=list(EMOTIONS))
+        write_adapter_card(tmp, base_model=ctx.base, stage=ctx.name, run=ctx.cfg.name, labels=list(ctx.task.labels),
+                           task=ctx.task.manifest())
         write_json(ctx.out / "log_history.json", history, indent=1)
         write_json(ctx.out / "train_metrics.json", {**result.metrics, "resumed_from": resume})
         tmp.replace(ctx.out / ADAPTER)

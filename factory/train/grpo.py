@@ -33,7 +33,7 @@ def grpo_args(ctx: StageContext) -> dict:
         "loss_type": s.loss_type,
         "reward_weights": s.reward_weights,
         "mask_truncated_completions": s.mask_truncated_completions,
-        # The extra dataset column ``emotion`` must reach the accuracy reward.
+        # The extra dataset column ``label`` must reach the accuracy reward.
         "remove_unused_columns": False,
     }
     if s.eval_steps:  # validation during training: one sampled completion per val image
@@ -59,8 +59,8 @@ def validation_dataset(ctx: StageContext):
     from factory.data.emoset import read_split
     from factory.errors import SVLMError
 
-    records = read_split(ctx.data_root, "val", strict=False, check_images="none").records
-    rows = usable_rows(ctx, grpo_rows(records))[:ctx.stage.eval_images]
+    records = read_split(ctx.data_root, "val", task=ctx.task, strict=False, check_images="none").records
+    rows = usable_rows(ctx, grpo_rows(records, ctx.task))[:ctx.stage.eval_images]
     if not rows:
         raise SVLMError(f"stage {ctx.name}: eval_steps is set but {ctx.data_root} has no usable val images")
     return to_dataset(rows)
@@ -85,7 +85,7 @@ def build_grpo_trainer(ctx: StageContext):
         trainer_cls = fast_grpo_trainer_class()
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda(),
                                        "batch_size": ctx.stage.rollout_batch_size}
-    trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards), args=args,
+    trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards, ctx.task), args=args,
                           train_dataset=dataset, eval_dataset=validation_dataset(ctx) if ctx.stage.eval_steps else None,
                           processing_class=processor, callbacks=callbacks(ctx))
     keep_trainable_fp32(trainer.model)

@@ -8,7 +8,8 @@ Layout of one run::
                         curves.png        loss, rewards (also per class), clip ratios, entropy, format rate
                         eval.json         format rate, accuracy, macro recall, truncation rate on the held-out split
                         predictions.jsonl every evaluated completion
-                        svlm_config.yaml  the resolved run config; stage.yaml the resolved stage
+                        svlm_config.yaml  the resolved run config; stage.yaml the resolved stage;
+                                          task.yaml the task (labels, questions, answer rule) it learned
                         done.json         written last: a stage with it is skipped on rerun
 
 Resuming: a killed stage restarts from its newest complete checkpoint; finished stages are skipped;
@@ -84,6 +85,7 @@ class TrainConfig:
 
     name: str = "default"
     output_dir: str = "runs"
+    task: str = "emoset"  # a shipped task or a task YAML (factory.tasks): labels, questions, answer rule
     data: str | None = None  # EmoSet root; None: <output_dir>/<name>/data (what `svlm run` writes)
     cot: str | None = None  # CoT build; None: <output_dir>/<name>/cot
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,13 +151,20 @@ def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
     return stages
 
 
+def _task_identity(task) -> dict:
+    """The parts of a task that change what a stage learns (not its description or the teacher's lexicon)."""
+    return {k: v for k, v in config_lib.to_dict(task).items() if k in ("labels", "label_from", "questions", "answer")}
+
+
 def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path, cot_dir: Path) -> dict:
-    """What a stage's adapter depends on: its resolved stage config, the shared training knobs, the model
-    config and base, the data and CoT folders, and the parent's adapter by content (a retrained parent makes
-    its children stale). The eval settings are not in it: they change the figures, not the adapter."""
+    """What a stage's adapter depends on: its resolved stage config, the task, the shared training knobs, the
+    model config and base, the data and CoT folders, and the parent's adapter by content (a retrained parent
+    makes its children stale). The eval settings are not in it: they change the figures, not the adapter."""
+    from factory.tasks import load_task
+
     layout = cfg.layout
     parent = layout.stage(stage.parent) / ADAPTER if stage.parent else None
-    return {"stage": config_lib.to_dict(stage),
+    return {"stage": config_lib.to_dict(stage), "task": _task_identity(load_task(cfg.task)),
             "train": {k: config_lib.to_dict(cfg.train)[k] for k in ("quantization", "seed", "lora")},
             "model": config_lib.to_dict(cfg.model), "base": layout.relative(base),
             "data": layout.relative(data_root), "cot": layout.relative(cot_dir),
@@ -184,6 +193,10 @@ def _reusable(name: str, out: Path, made_from: dict, overwrite: bool) -> bool:
         recorded = _read_json(out / MADE_FROM)  # a started, unfinished stage
     if recorded is None:
         return False
+    if "task" not in recorded:  # stages trained before tasks existed learned EmoSet's
+        from factory.tasks import load_task
+
+        recorded = {**recorded, "task": _task_identity(load_task("emoset"))}
     diff = changes(recorded, made_from)
     if not diff:
         return (out / DONE).is_file()
@@ -241,7 +254,10 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
     base = base_source(cfg) if state.is_main_process else None
     state.wait_for_everyone()
     base = base or base_source(cfg)
-    eval_records = read_split(data_root, cfg.eval.split, strict=False, check_images="none").records
+    from factory.tasks import load_task, save_task
+
+    task = load_task(cfg.task)
+    eval_records = read_split(data_root, cfg.eval.split, task=task, strict=False, check_images="none").records
     if cfg.eval.limit:
         eval_records = eval_records[: cfg.eval.limit]
     results: dict[str, dict] = {}
@@ -257,6 +273,7 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
         if state.is_main_process:
             config_lib.save(cfg, out)
             config_lib.save(stage, out, filename="stage.yaml")
+            save_task(task, out)
             _write_json(out / MADE_FROM, made_from)
         ctx = StageContext(name, stage, cfg, out, base, data_root, cot_dir, progress)
         t0 = time.time()
@@ -275,7 +292,7 @@ def _train(cfg: TrainConfig, names: list[str] | None, progress: bool) -> dict[st
         t1 = time.time()
         result = evaluate(model, processor, eval_records, style=stage.eval_style,
                           max_new_tokens=eval_max_new_tokens(ctx, processor.tokenizer),
-                          batch_size=cfg.eval.batch_size, progress=progress)
+                          batch_size=cfg.eval.batch_size, progress=progress, task=task)
         with (out / "predictions.jsonl").open("w") as fh:
             for p in result.predictions:
                 fh.write(json.dumps(p.__dict__) + "\n")
