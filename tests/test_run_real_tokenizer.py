@@ -14,15 +14,9 @@ import json
 import pytest
 
 from factory.prompts import EMOTIONS
+from run_args import short_grpo
 
 STAGES = ["0_baseline", "1_sft", "2_grpo_format", "3_grpo_accuracy", "4_clgrpo"]
-
-
-def _grpo(stage: str, steps: int) -> list[str]:
-    # 2 prompts x G=4 per step, short completions: enough for trl to sample, score and step
-    return [f"train.stages.{stage}.max_steps={steps}", f"train.stages.{stage}.batch_size=8",
-            f"train.stages.{stage}.num_generations=4", f"train.stages.{stage}.max_completion_length=16",
-            f"train.stages.{stage}.save_steps=1"]
 
 
 @pytest.mark.slow
@@ -37,7 +31,7 @@ def test_svlm_run_finishes_with_the_real_tokenizer(tmp_path, capsys):
     argv = ["run", "--output-dir", str(tmp_path), "--name", "real", "model.tokenizer=real", "model.size=tiny",
             "data.synth.n=80", "data.synth.image_size=48", "eval.limit=4", "eval.max_new_tokens=8",
             "train.stages.0_baseline.max_steps=2", "train.stages.1_sft.max_steps=2",
-            *_grpo("2_grpo_format", 1), *_grpo("3_grpo_accuracy", 1), *_grpo("4_clgrpo", 2),
+            *short_grpo("2_grpo_format", 1), *short_grpo("3_grpo_accuracy", 1), *short_grpo("4_clgrpo", 2),
             "heldout.n=16", "bench.limit=4", "bench.latency_runs=1", "bench.latency_warmup=0",
             "bench.latency_images=1"]
     assert main(argv) == 0
