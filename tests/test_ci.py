@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,21 +22,11 @@ def test_ci_script_parses_and_requires_the_browser_test():
 def test_ci_script_stops_when_chromium_cannot_be_installed(tmp_path):
     """Run the script's install block with no chromedriver and an apt-get that fails: it must exit non-zero
     before any test runs (pip and pytest are stubbed; nothing is installed)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in {"apt-get": "exit 100", "sudo": 'exec "$@"', "id": "echo 0",
-                       "python3": "echo RAN python3 \"$@\" >> \"$LOG\"; exit 0"}.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    # a PATH with the stubs and the basic tools only, so the real chromedriver is not found
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("bash", "dirname", "cat", "sh", "env"):
-        if (found := shutil.which(tool)) and not (tools / tool).exists():
-            (tools / tool).symlink_to(found)
-    log = tmp_path / "log"
-    proc = subprocess.run(["bash", str(CI)], capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:{tools}", "LOG": str(log), "HOME": os.environ.get("HOME", "/")})
+    from ci_stub import run_ci
+
+    proc, log = run_ci(CI, tmp_path, {"apt-get": "exit 100", "sudo": 'exec "$@"', "id": "echo 0",
+                                      "python3": "echo RAN python3 \"$@\" >> \"$LOG\"; exit 0"},
+                       home=os.environ.get("HOME", "/"))
     assert proc.returncode != 0
     assert "chromium could not be installed" in proc.stderr
-    assert "pytest" not in (log.read_text() if log.exists() else "")
+    assert "pytest" not in log

@@ -379,23 +379,14 @@ def test_ci_installs_llama_cpp_from_the_shared_wheel_or_builds_it(tmp_path, whee
     if wheel_present:
         wheel.parent.mkdir(parents=True)
         wheel.write_bytes(b"")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    from ci_stub import run_ci
+
     # the other install steps find their tools already there (chromedriver, node, npm): stubs that succeed
-    for name, body in {"chromedriver": "exit 0", "node": "exit 0", "npm": "exit 0",
-                       "python3": 'echo "RAN $* CMAKE_ARGS=${CMAKE_ARGS:-}" >> "$LOG"; exit 0'}.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("bash", "dirname", "cat", "sh", "env"):
-        if (found := shutil.which(tool)) and not (tools / tool).exists():
-            (tools / tool).symlink_to(found)
-    log = tmp_path / "log"
-    proc = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:{tools}", "LOG": str(log), "HOME": str(tmp_path)})
+    proc, log = run_ci(repo / ".ci" / "run", tmp_path, {
+        "chromedriver": "exit 0", "node": "exit 0", "npm": "exit 0",
+        "python3": 'echo "RAN $* CMAKE_ARGS=${CMAKE_ARGS:-}" >> "$LOG"; exit 0'}, home=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    lines = log.read_text().splitlines()
+    lines = log.splitlines()
     install = next(i for i, line in enumerate(lines) if "llama" in line)
     if wheel_present:
         assert "pip install -q ../shared/wheels/llama_cpp_python-0.3.36" in lines[install]
