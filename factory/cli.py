@@ -16,7 +16,8 @@ from factory import config as config_lib
 from svlm_runtime.package import PackageError  # numpy only: cheap, torch-free
 from factory.errors import SVLMError
 
-EPILOG_OVERRIDES = "Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400)."
+EPILOG_OVERRIDES = ("Trailing key=value pairs override config keys (dotted for nested sections, e.g. data.synth.n=400). "
+                    "task=NAME picks the task (labels, questions, answer rule): `svlm tasks` lists them.")
 
 
 def _at_least(low: int):
