@@ -186,6 +186,7 @@ def _run(cfg: RunConfig) -> dict:
     if cfg.data.root is None and not cfg.data.synth.out:
         cfg.data.synth.out = str(cfg.layout.data)
     config_lib.save(cfg, run_dir)
+    _log(f"task {task.name}: {', '.join(task.labels)} (labels from {task.label_from})")
     root = prepare_data(cfg)
     tcfg = train_config(cfg, root)
     stage_names = select_stages(cfg.train.select)
