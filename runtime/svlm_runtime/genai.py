@@ -2,8 +2,13 @@
 ``svlm bench latency`` / ``svlm bench accuracy`` time and score it beside the svlm and GGUF packages.
 
 GenAI (``onnxruntime-genai``, an optional dependency: ``pip install onnxruntime-genai==0.18.0``) preprocesses the
-image, runs the vision and embedding graphs and decodes by itself; this wrapper only times it and parses the
-answer. No torch, no transformers. Not yet: per-label probabilities (``label_probs``; the demo needs them).
+image, runs the vision and embedding graphs and decodes by itself; this wrapper times it, parses the answer and
+scores every label after it as the svlm runtime does (``svlm_runtime.label_scoring``), with GenAI's own generator:
+``rewind_to`` cuts the generator's KV cache back to the shared context, ``append_tokens`` runs the context's last
+token and a label's tokens in one decoder call, and ``get_output("logits")`` hands out that call's logits at every
+appended position (``get_logits`` gives only the last). The same calls exist in GenAI's C, C#, Java and
+Objective-C APIs (``OgaGenerator_RewindTo``, ``_AppendTokens``, ``_GetOutput``), so an app can score labels the
+same way. No torch, no transformers.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class GenAIModel:
         self.labels = self.manifest["labels"]
         self.answer_format = AnswerFormat.from_manifest(self.manifest)
         self.style = self.manifest["source"].get("question_style", "cot")
+        # Room past the generation for scoring the labels, in the generator's max_length (its KV cache is sized
+        # to it): each label's closed answer after the forced tags, twice over for re-tokenized reasoning. A
+        # plan that needs more still scores, in a second generator (``_score_labels``).
+        close = self.answer_format.think[1] + self.answer_format.answer[0]
+        self.room = 2 * max(len(self.encode(close + lab + self.answer_format.answer[1])) for lab in self.labels) + 16
 
     @property
     def size_bytes(self) -> int:
@@ -87,29 +97,43 @@ class GenAIModel:
         image.convert("RGB").save(buf, format="PNG")  # lossless: GenAI decodes the same pixels
         return og.Images.open_bytes(buf.getvalue())
 
+    def encode(self, text: str) -> list[int]:
+        """Text -> token ids, no special tokens added (GenAI's tokenizer, from the package's tokenizer.json)."""
+        return self.tokenizer.encode(text).tolist()
+
+    def decode(self, ids) -> str:
+        """Token ids -> text, special tokens skipped."""
+        import numpy as np
+
+        return self.tokenizer.decode(np.asarray(list(ids), np.int32))
+
+    def _generator(self, inputs, max_length: int, search: dict | None = None):
+        """A generator that has run the prompt (``inputs``: the processor's, image included)."""
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, **(search or {"do_sample": False}))
+        gen = self.og.Generator(self.model, params)
+        gen.set_inputs(inputs)
+        return gen
+
     def generate(self, image, *, max_new_tokens: int = 160, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None, on_text=None, label_probs: bool = True) -> Generation:
-        """Greedy (or sampled) generation for one image. ``vision_s`` is 0: GenAI runs the vision graph inside
-        the prompt's run, which ``ttft_s`` covers."""
-        if label_probs:
-            raise PackageError("GenAI packages give no per-label probabilities yet; pass label_probs=False")
-        og = self.og
+        """Greedy (or sampled) generation for one image, then (``label_probs``) every label's probability after
+        the answer. ``vision_s`` is 0: GenAI runs the vision graph inside the prompt's run, which ``ttft_s``
+        covers."""
         t0 = time.perf_counter()
         inputs = self.processor(self.prompt, images=self._images(image))
         t_pre = time.perf_counter()
-        params = og.GeneratorParams(self.model)
         n = int(inputs["input_ids"].as_numpy().shape[-1])
-        search = {"max_length": n + max_new_tokens, "do_sample": temperature > 0}
+        search = {"do_sample": temperature > 0}
         if temperature > 0:
             search.update(temperature=temperature, top_p=top_p, top_k=0)
             if seed is not None:
                 search["random_seed"] = seed
-        params.set_search_options(**search)
-        gen = og.Generator(self.model, params)
-        gen.set_inputs(inputs)
+        max_length = n + max_new_tokens + (self.room if label_probs else 0)
+        gen = self._generator(inputs, max_length, search)
         ids, first, stopped, sent = [], None, "length", 0
         eos = set(self.tokenizer.eos_token_ids)
-        while not gen.is_done():
+        while len(ids) < max_new_tokens and not gen.is_done():
             gen.generate_next_token()
             first = first or time.perf_counter()
             token = int(gen.get_next_tokens()[0])
@@ -118,19 +142,59 @@ class GenAIModel:
                 break
             ids.append(token)
             if on_text is not None:  # as Package streams: up to the last whole character, so what was sent stays
-                text = self.tokenizer.decode(ids)
+                text = self.decode(ids)
                 ready = len(text.rstrip("\ufffd"))
                 if ready > sent:
                     on_text(text[sent:ready])
                     sent = ready
         end = time.perf_counter()
         first = first or end
-        text = self.tokenizer.decode(ids)
+        text = self.decode(ids)
         if on_text is not None and len(text) > sent:
             on_text(text[sent:])
         parsed = self.answer_format.parse(text)
+        t_label = time.perf_counter()
+        probs, forced = ({}, False)
+        if label_probs:
+            # GenAI runs a sampled token through the decoder when the next one is asked for: the cache holds
+            # every generated token but the last, unless the last was followed by an end token
+            fed = len(ids) if stopped == "eos" else max(len(ids) - 1, 0)
+            probs, forced = self._score_labels(gen, max_length, inputs, n, ids, fed)
         return Generation(text=text, token_ids=ids, label=parsed.label, well_formed=parsed.well_formed,
-                          ttft_s=first - t0, decode_s=end - first, preprocess_s=t_pre - t0, stopped=stopped)
+                          ttft_s=first - t0, decode_s=end - first, preprocess_s=t_pre - t0, stopped=stopped,
+                          label_probs=probs, label_probs_forced=forced, label_s=time.perf_counter() - t_label)
+
+    def _score_labels(self, gen, max_length: int, inputs, n: int, ids: list[int],
+                      fed: int) -> tuple[dict[str, float], bool]:
+        """Per-label probabilities after the generated ``ids`` (``label_scoring``), and whether they were forced.
+        ``gen`` (made with ``max_length``) has run the ``n``-token prompt of ``inputs`` and the first ``fed`` of
+        ``ids``; its cache is cut back to the context the labels share and each label runs after it."""
+        import numpy as np
+
+        from svlm_runtime.label_scoring import label_probabilities, plan_label_scoring
+
+        plan = plan_label_scoring(ids, self.encode, self.decode, self.labels, self.style, self.answer_format)
+        after = [*ids[:plan.kept], *plan.bridge]  # the context after the prompt
+        need = n + len(after) + max(map(len, plan.labels.values()))
+        if need > max_length:  # more than the room left (re-tokenized reasoning): run the prompt again, longer
+            gen, fed = self._generator(inputs, need), 0
+        # Keep what the cache holds of the context, but run at least its last token (or, with no context after
+        # the prompt, the prompt's last): its logits score each label's first token.
+        cut = min(plan.kept, fed, len(after) - 1)
+        context = after[cut:] if cut >= 0 else [int(inputs["input_ids"].as_numpy().reshape(-1)[-1]), *after]
+        gen.rewind_to(n + cut)
+        if len(context) > 1:  # what every label shares, run once
+            gen.append_tokens(np.asarray(context[:-1], np.int32))
+        at = n + cut + len(context) - 1
+        sums = {}
+        for label, target in plan.labels.items():
+            gen.rewind_to(at)
+            gen.append_tokens(np.asarray([context[-1], *target[:-1]], np.int32))
+            z = np.asarray(gen.get_output("logits"), np.float64).reshape(len(target), -1)
+            z = z - z.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            sums[label] = float(logp[np.arange(len(target)), target].sum())
+        return label_probabilities(sums), plan.forced
 
     def generate_batch(self, images, *, max_new_tokens: int = 160, batch_size: int = 8, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, label_probs: bool = True, on_batch=None,
