@@ -3,13 +3,13 @@
     svlm demo                                  # the int8 ONNX package of the newest run, on 127.0.0.1:7860
     svlm demo --model runs/default/export/int4 --port 8000
 
-Pick an example or upload an image, choose a model variant (every ONNX package and trained stage found
-under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a label with a
-per-emotion probability chart (each label scored as a whole token sequence after the model's ``<answer>``,
-``svlm_runtime.label_scoring``; marked "forced" when the model gave no valid answer and the labels were scored
-after its reasoning), next to time to first token, tokens/s and the model's size. ONNX variants run on
-``svlm_runtime`` and never import torch; PyTorch
-stage outputs load torch only when chosen. Bad input (not an image, over 64 MP, nothing uploaded) is
+Pick an example or upload an image, choose a model variant (every ONNX, GGUF and ONNX Runtime GenAI package and
+trained stage found under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a
+label with a per-emotion probability chart (each label scored as a whole token sequence after the model's
+``<answer>``, ``svlm_runtime.label_scoring``; marked "forced" when the model gave no valid answer and the labels
+were scored after its reasoning), next to time to first token, tokens/s and the model's size. Package variants run on
+``svlm_runtime`` (GenAI packages through onnxruntime-genai, GGUF ones through llama.cpp) and never import torch;
+PyTorch stage outputs load torch only when chosen. Bad input (not an image, over 64 MP, nothing uploaded) is
 refused with a visible message.
 """
 
@@ -28,8 +28,10 @@ EXAMPLES_PER_CLASS = 1
 
 
 def find_models(runs: str | Path = "runs") -> dict[str, str]:
-    """Display name → path for every ONNX and GGUF package and finished stage under ``runs``, newest run first,
-    int8 ONNX first within a run (the default)."""
+    """Display name → path for every ONNX, GGUF and GenAI package and finished stage under ``runs``, newest run
+    first, int8 ONNX first within a run (the default)."""
+    from svlm_runtime.genai import MANIFEST as GENAI_MANIFEST
+
     root = Path(runs)
     if not root.is_dir():
         return {}
@@ -43,6 +45,10 @@ def find_models(runs: str | Path = "runs") -> dict[str, str]:
         gguf = RunLayout(run).export_for("gguf")
         for pkg in sorted(m.parent for m in gguf.glob("*/manifest.json")):
             found[f"{run.name} · GGUF {pkg.name} (llama.cpp)"] = str(pkg)
+        # GenAI packages (svlm export --layout genai) run in onnxruntime-genai
+        genai = RunLayout(run).export_for("genai")
+        for pkg in sorted((m.parent for m in genai.glob(f"*/{GENAI_MANIFEST}")), key=lambda p: rank.get(p.name, 9)):
+            found[f"{run.name} · GenAI {pkg.name} (onnxruntime-genai)"] = str(pkg)
         for stage in reversed(RunLayout(run).finished()):
             found[f"{run.name} · {stage} (PyTorch)"] = str(RunLayout(run).stage(stage))
     return found

@@ -200,6 +200,64 @@ def test_onnx_demo_path_imports_no_torch(exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.fixture(scope="module")
+def genai_runs(tiny_dirs, tmp_path_factory):
+    """A runs folder whose run ``q`` holds only an fp32 GenAI package (svlm export --layout genai) of the tiny
+    random Qwen2.5-VL, where the export writes it: ``q/export-genai/fp32``."""
+    pytest.importorskip("onnxruntime_genai")  # .ci/run installs it (the genai extra): never skipped there
+    from export.build import ExportConfig, export
+
+    runs = tmp_path_factory.mktemp("genai_runs")
+    export(ExportConfig(model=str(tiny_dirs("qwen2_5_vl")), out=str(runs / "q" / "export-genai"), layout="genai",
+                        quant=["fp32"], validate_images=1, max_new_tokens=4))
+    return runs
+
+
+def test_find_models_offers_genai_packages(genai_runs):
+    from demo.app import find_models
+
+    assert find_models(genai_runs) == {"q · GenAI fp32 (onnxruntime-genai)": str(genai_runs / "q/export-genai/fp32")}
+
+
+def test_genai_variant_answers_with_every_labels_probability(genai_runs, tmp_path):
+    """Through the served app, a GenAI package's answer comes with the chart of every label's probability, the
+    ones GenAIModel scores itself (the random model gives no valid answer: forced, and said so)."""
+    from gradio_client import Client, handle_file
+
+    from demo.app import launch
+    from svlm_runtime.genai import GenAIModel
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (224, 336, 3), dtype=np.uint8)).save(image)
+    port = _free_port()
+    app = launch(str(genai_runs), host="127.0.0.1", port=port, block=False)
+    try:
+        assert _default_choice(app) == "q · GenAI fp32 (onnxruntime-genai)"
+        reasoning, label, stats = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(image)), _default_choice(app), api_name="/analyze")
+    finally:
+        app.close()
+    model = GenAIModel(genai_runs / "q/export-genai/fp32")
+    want = model.generate(str(image))
+    shown = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert reasoning == want.text and set(shown) == set(model.labels) and want.label_probs_forced
+    assert max(abs(shown[k] - p) for k, p in want.label_probs.items()) < 1e-6
+    assert max(shown.values()) - min(shown.values()) > 0.01  # the model's scores, not a placeholder
+    assert "forced" in stats and "tokens/s" in stats and f"{model.size_bytes / 1e6:.1f} MB" in stats
+
+
+def test_genai_demo_path_imports_no_torch(genai_runs, tmp_path):
+    code = ("import sys; from demo.app import Models, stream; "
+            f"m = Models().get({str(genai_runs / 'q/export-genai/fp32')!r}); "
+            f"import numpy as np; from PIL import Image; Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save("
+            f"{str(tmp_path / 'x.png')!r}); "
+            f"kind, done = list(stream(m, {str(tmp_path / 'x.png')!r}, 6))[-1]; "
+            "assert kind == 'done' and abs(sum(done['probs'].values()) - 1) < 1e-6, done; "
+            "bad = [n for n in ('torch', 'transformers', 'trl', 'peft') if n in sys.modules]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def require_chromedriver() -> str:
     """chromedriver's path; without it the browser test skips, or fails where SVLM_REQUIRE_BROWSER=1 (.ci/run
     sets it: a test CI is meant to run must not pass by skipping)."""
