@@ -18,8 +18,14 @@ Per quantization, one folder GenAI's ``og.Model`` opens:
 Validated inside the export through GenAI's Python API, on the validation images as files: GenAI preprocesses
 each image itself (onnxruntime-extensions' resize: within about one grey level of transformers'), generates
 greedily, and its tokens are compared with PyTorch's; the logit gap is at the prompt's last position (GenAI
-hands out no logits over the whole prompt) and includes the two preprocessings' difference. fp32 must give identical greedy tokens or nothing is written; the quantized packages
-record their agreement. Only families whose registry entry names a GenAI model type export (``OnnxSplit.genai_type``).
+hands out no logits over the whole prompt) and includes the two preprocessings' difference. fp32 must give identical
+greedy tokens or nothing is written; the quantized packages record their agreement.
+
+int8 and int4 packages carry int8 vision and embedding graphs too (``quantize_dynamic`` QInt8 with per-channel
+scales, as the svlm layout's: the tower's MatMul / Gemm weights, the embedding table's Gather), so their agreement
+covers the whole package; the manifest records what each graph is and the bytes the int8 graphs save.
+
+Only families whose registry entry names a GenAI model type export (``OnnxSplit.genai_type``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from export.build import ExportError, _log, _merged_card, _torch_reference, _val
 from export.compare import agreement_text, first_divergence, until_eos
 
 VISION, EMBED, DECODER = "vision.onnx", "embedding.onnx", "model.onnx"
+INT8_OPS = {VISION: ["MatMul", "Gemm"], EMBED: ["Gather"]}  # what quantize_dynamic quantizes in each graph
 PRECISION = {"fp32": "fp32", "int8": "int8", "int4": "int4"}  # the builder's -p values
 
 
@@ -82,6 +89,10 @@ def _vision_graph(model, path: Path, tmp: Path) -> None:
     body = onnx.load(str(inner))
     pre_model = helper.make_model(pre, opset_imports=list(body.opset_import), ir_version=body.ir_version)
     merged = onnx.compose.merge_models(pre_model, body, io_map=[("pixel_values_grid", "pixel_values")])
+    # one import per domain: the merge lists the default domain twice, which onnxruntime's quantizer refuses
+    opsets = {o.domain: o.version for o in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
     onnx.save_model(merged, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
@@ -113,6 +124,23 @@ def _embedding_graph(model, path: Path) -> None:
         _export(Embedding().eval(), (ids, torch.randn(2, hidden)), path, ["input_ids", "image_features"],
                 ["inputs_embeds"], {"input_ids": {0: Dim("batch", min=1, max=256), 1: Dim("seq", min=1, max=32768)},
                                     "image_features": {0: Dim("image_tokens", min=0, max=32768)}})
+
+
+def _int8_graphs(graphs: Path, pkg: Path) -> dict:
+    """The vision and embedding graphs of ``graphs`` at int8 into ``pkg`` (``quantize_dynamic`` QInt8, per-channel
+    scales, export.build's setting); {graph: (fp32 bytes, int8 bytes)}."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
+    sizes = {}
+    for name, ops in INT8_OPS.items():
+        fp32 = sum(f.stat().st_size for f in graphs.glob(name + "*"))  # the graph and its external data
+        quantize_dynamic(graphs / name, pkg / name, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                         per_channel=True, use_external_data_format=fp32 > 1_800_000_000)
+        sizes[name] = (fp32, sum(f.stat().st_size for f in pkg.glob(name + "*")))
+    return sizes
 
 
 def _processor_config(ip) -> dict:
@@ -261,9 +289,13 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                                "--extra_options", "exclude_embeds=true"], capture_output=True, text=True)
         if proc.returncode != 0 or not (pkg / DECODER).is_file():
             raise ExportError(f"onnxruntime-genai's builder failed ({quant}): {proc.stderr.strip()[-800:]}")
-        for f in graphs.iterdir():
-            if f.name.startswith((VISION, EMBED)):
-                shutil.copy(f, pkg / f.name)
+        if quant == "fp32":
+            for f in graphs.iterdir():
+                if f.name.startswith((VISION, EMBED)):
+                    shutil.copy(f, pkg / f.name)
+            int8_sizes = {}
+        else:
+            int8_sizes = _int8_graphs(graphs, pkg)
         _config(pkg, model, family, processor)
         validation = validate(pkg, refs, image_files, prompt, cfg.max_new_tokens, eos,
                               lambda ids: tok.decode(ids, skip_special_tokens=True))
@@ -275,7 +307,9 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                   if f.is_file()}
         manifest = {"layout": "genai", "family": family.name, "runtime": "onnxruntime-genai 0.18.0",
                     "quantization": {"name": quant, "decoder": f"onnxruntime_genai builder -p {PRECISION[quant]}",
-                                     "vision": "fp32", "embedding": "fp32"},
+                                     **({"vision": "int8 dynamic", "embedding": "int8", "int8_graphs_bytes_saved":
+                                         sum(a - b for a, b in int8_sizes.values())} if int8_sizes else
+                                        {"vision": "fp32", "embedding": "fp32"})},
                     "prompt": prompt, "labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest(),
                     "source": provenance,
                     "validation": {**validation, "merge_max_abs_logit_diff": merge_gap},
