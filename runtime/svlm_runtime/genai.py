@@ -1,5 +1,6 @@
 """An ONNX Runtime GenAI package (``svlm export --layout genai``) behind the runtime's model interface, so that
-``svlm bench latency`` / ``svlm bench accuracy`` time and score it beside the svlm and GGUF packages.
+``svlm bench latency`` / ``svlm bench accuracy`` time and score it beside the svlm and GGUF packages and
+``svlm demo`` serves it with its probability chart.
 
 GenAI (``onnxruntime-genai``, an optional dependency: ``pip install onnxruntime-genai==0.18.0``) preprocesses the
 image, runs the vision and embedding graphs and decodes by itself; this wrapper times it, parses the answer and
