@@ -1,11 +1,12 @@
-"""``svlm demo``: a Gradio app that streams the model's emotion reasoning for an image.
+"""``svlm demo``: a Gradio app that streams the model's reasoning about an image (its task's: EmoSet's emotions
+by default).
 
     svlm demo                                  # the int8 ONNX package of the newest run, on 127.0.0.1:7860
     svlm demo --model runs/default/export/int4 --port 8000
 
 Pick an example or upload an image, choose a model variant (every ONNX, GGUF and ONNX Runtime GenAI package and
 trained stage found under ``--runs``), and the reasoning streams in as it is generated; the answer shows as a
-label with a per-emotion probability chart (each label scored as a whole token sequence after the model's
+label with a per-label probability chart (the variant's task's labels) (each label scored as a whole token sequence after the model's
 ``<answer>``, ``svlm_runtime.label_scoring``; marked "forced" when the model gave no valid answer and the labels
 were scored after its reasoning), next to time to first token, tokens/s and the model's size. Package variants run on
 ``svlm_runtime`` (GenAI packages through onnxruntime-genai, GGUF ones through llama.cpp) and never import torch;
@@ -22,7 +23,6 @@ import threading
 from pathlib import Path
 
 from factory.layout import RunLayout
-from factory.prompts import EMOTIONS
 
 EXAMPLES_PER_CLASS = 1
 
@@ -55,12 +55,31 @@ def find_models(runs: str | Path = "runs") -> dict[str, str]:
 
 
 def example_images(folder: Path) -> list[str]:
-    """One synthetic image per emotion (the project's generator), written once."""
+    """One synthetic image per class folder of the project's generator (EmoSet's emotions), written once."""
     from factory.data.synth import SynthConfig, generate
 
     if not (folder / "image").is_dir():
         generate(SynthConfig(out=str(folder), n=8 * 10, seed=7, image_size=160), progress=False)
-    return [str(sorted((folder / "image" / e).glob("*.jpg"))[0]) for e in EMOTIONS]
+    return [str(sorted(d.glob("*.jpg"))[0]) for d in sorted((folder / "image").iterdir()) if d.is_dir()]
+
+
+def model_labels(path: str | Path) -> tuple[str, ...]:
+    """The labels a variant answers, read without loading it: a stage's (or merged checkpoint's) ``task.yaml``,
+    else the package manifest's ``labels`` (every layout writes them); () when neither says."""
+    import json
+
+    from factory.tasks import TASK_FILENAME, folder_task
+
+    path = Path(path)
+    if (path / TASK_FILENAME).is_file() or (path / "adapter").is_dir():
+        return tuple(folder_task(path).labels)  # folders from before tasks: EmoSet's
+    for name in ("manifest.json", "svlm_manifest.json"):
+        if (path / name).is_file():
+            try:
+                return tuple(json.loads((path / name).read_text()).get("labels", ()))
+            except (ValueError, AttributeError):
+                return ()
+    return ()
 
 
 class Models:
@@ -212,9 +231,11 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
             logging.getLogger("svlm.demo").exception("analyze failed")
             raise gr.Error(f"{type(exc).__name__}: {_public(str(exc))}") from None
 
-    with gr.Blocks(title="SVLM Factory: emotion reasoning") as app:
-        gr.Markdown("# Emotion reasoning on a small VLM\nUpload an image; the model reasons in `<think>` and "
-                    f"answers one of: {', '.join(EMOTIONS)}.")
+    label_sets = {model_labels(path) for path in choices.values()} - {()}
+    answers = (f"answers one of: {', '.join(next(iter(label_sets)))}." if len(label_sets) == 1 else
+               "answers one of its task's labels (the chart lists them).")
+    with gr.Blocks(title="SVLM Factory: visual reasoning") as app:
+        gr.Markdown(f"# Visual reasoning on a small VLM\nUpload an image; the model reasons in `<think>` and {answers}")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
@@ -223,7 +244,8 @@ def build_app(runs: str | Path = "runs", model: str | None = None, examples_dir:
                 button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 gr.Examples(examples, inputs=image, label="examples (synthetic)")
             with gr.Column():
-                label = gr.Label(label="emotion", num_top_classes=8, elem_id="emotion")
+                label = gr.Label(label="answer", num_top_classes=max(map(len, label_sets), default=8),
+                                 elem_id="emotion")
                 reasoning = gr.Textbox(label="reasoning (streamed)", lines=8, elem_id="reasoning")
                 stats = gr.Markdown(elem_id="stats")
         button.click(analyze, [image, choice], [reasoning, label, stats], api_name="analyze")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.build import ExportError, _log, _merged_card, _torch_reference, _validation_images, merge
+from export.build import ExportError, _log, _merged_card, _torch_reference, _validation_images, merge, source_task
 from export.compare import agreement_text, first_divergence, until_eos
 
 VISION, EMBED, DECODER = "vision.onnx", "embedding.onnx", "model.onnx"
@@ -212,10 +212,10 @@ class GenAIPackage:
         return tokens, first, t1 - t0, time.perf_counter() - t1
 
 
-def validate(pkg: Path, refs, image_files, prompt: str, max_new_tokens: int, eos: set[int], decode) -> dict:
-    """GenAI's greedy tokens and labels against the PyTorch references (``export.compare``'s keys)."""
-    from factory.prompts import parse_answer
-
+def validate(pkg: Path, refs, image_files, prompt: str, max_new_tokens: int, eos: set[int], decode,
+             answer_format) -> dict:
+    """GenAI's greedy tokens and labels (judged by the task's ``answer_format``) against the PyTorch references
+    (``export.compare``'s keys)."""
     runner = GenAIPackage(pkg)
     gaps, same, ties, valid, agree, labels, first_steps = [], 0, 0, 0, 0, [], []
     for ref, image in zip(refs, image_files):
@@ -230,7 +230,7 @@ def validate(pkg: Path, refs, image_files, prompt: str, max_new_tokens: int, eos
             ties += tie
             same += tie
             first_steps.append(at)
-        ref_label, label = parse_answer(decode(want)).label, parse_answer(decode(got)).label
+        ref_label, label = answer_format.parse(decode(want)).label, answer_format.parse(decode(got)).label
         if ref_label is not None:
             valid += 1
             agree += label == ref_label
@@ -248,7 +248,6 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     from transformers import AutoConfig
 
     from factory.families import family_of
-    from factory.prompts import ANSWER_FORMAT, EMOTIONS, render_prompt
     from svlm_runtime.package import sha256
 
     family = family_of(AutoConfig.from_pretrained(base))
@@ -262,9 +261,9 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
     _merged_card(tmp / "merged", base, provenance)
-    style = provenance.get("question_style", "cot")
-    images = _validation_images(cfg, cfg.validate_images)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style)
+    style, task = provenance.get("question_style", "cot"), source_task(provenance)
+    images = _validation_images(cfg, cfg.validate_images, task)
+    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     files = tmp / "validation_images"
     files.mkdir()
     image_files = []
@@ -279,7 +278,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     tok = processor.tokenizer
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.convert_tokens_to_ids(family.eos_token)}
-    prompt = render_prompt(processor, style)
+    prompt = task.render_prompt(processor, style)
     manifests = {}
     for quant in ["fp32"] + [q for q in cfg.quant if q != "fp32"]:
         pkg = tmp / quant
@@ -298,7 +297,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
             int8_sizes = _int8_graphs(graphs, pkg)
         _config(pkg, model, family, processor)
         validation = validate(pkg, refs, image_files, prompt, cfg.max_new_tokens, eos,
-                              lambda ids: tok.decode(ids, skip_special_tokens=True))
+                              lambda ids: tok.decode(ids, skip_special_tokens=True), task.answer_format)
         if quant == "fp32" and validation["greedy_tokens_identical"] < 1:
             raise ExportError(f"fp32 GenAI package does not match PyTorch: identical greedy tokens on "
                               f"{validation['greedy_tokens_identical']:.0%} of {validation['images']} images "
@@ -310,7 +309,8 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                                      **({"vision": "int8 dynamic", "embedding": "int8", "int8_graphs_bytes_saved":
                                          sum(a - b for a, b in int8_sizes.values())} if int8_sizes else
                                         {"vision": "fp32", "embedding": "fp32"})},
-                    "prompt": prompt, "labels": list(EMOTIONS), "answer": ANSWER_FORMAT.to_manifest(),
+                    "prompt": prompt, "task": task.manifest(), "labels": list(task.labels),
+                    "answer": task.answer_format.to_manifest(),
                     "source": provenance,
                     "validation": {**validation, "merge_max_abs_logit_diff": merge_gap},
                     "files": listed, "size_bytes": sum(f["bytes"] for f in listed.values()),

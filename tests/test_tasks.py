@@ -221,3 +221,18 @@ def test_svlm_run_trains_exports_and_scores_the_second_task(tmp_path, capsys):
     gen = pkg.generate(image, max_new_tokens=8)
     assert set(gen.label_probs) == set(FACES) and abs(sum(gen.label_probs.values()) - 1) < 1e-6
     assert load_task(str(run / "export" / "merged" / "task.yaml")).name == "facial_expression"
+
+
+def test_the_demo_reads_each_variants_labels_without_loading_it(tmp_path):
+    from demo.app import model_labels
+    from factory.tasks import save_task
+
+    stage = tmp_path / "runs" / "r" / "1_sft"
+    (stage / "adapter").mkdir(parents=True)
+    assert model_labels(stage) == tuple(load_task().labels)  # a stage from before tasks: EmoSet's
+    save_task(load_task("facial_expression"), stage)
+    assert model_labels(stage) == tuple(FACES)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "svlm_manifest.json").write_text(json.dumps({"labels": ["ok", "ng"]}))  # a GenAI package
+    assert model_labels(pkg) == ("ok", "ng") and model_labels(tmp_path) == ()
