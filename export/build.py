@@ -73,7 +73,7 @@ class ExportConfig:
             raise ExportError(f"accuracy_level must be 0-4 (onnxruntime MatMulNBits), got {self.accuracy_level}")
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(f"[svlm export] {msg}", flush=True)
 
 
@@ -132,7 +132,7 @@ def source_task(provenance: dict):
     return folder_task(Path(provenance["adapter"]).parent if "adapter" in provenance else provenance["model"])
 
 
-def _merged_card(out: Path, base: str, provenance: dict) -> None:
+def merged_card(out: Path, base: str, provenance: dict) -> None:
     """The merged checkpoint's model card and its ``task.yaml`` (so it carries its task like a stage)."""
     from factory.cards import write_merged_card
     from factory.tasks import save_task
@@ -164,7 +164,7 @@ def prompt_ids(processor, image, style: str = "cot", task=None) -> list[int]:
     return processor(images=[[image]], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
 
 
-def _validation_images(cfg: ExportConfig, n: int, task=None):
+def validation_images(cfg: ExportConfig, n: int, task=None):
     """Real inputs: ``n`` of the run's validation images for ``task`` (all if fewer), else ``n`` synthetic
     ones."""
     from factory.data.emoset import read_split
@@ -211,7 +211,7 @@ def _spread(paths, n: int):
     return [Image.open(p).convert("RGB") for p in paths[::step][:n]]
 
 
-def _torch_reference(model, processor, images, max_new_tokens: int, style: str = "cot", task=None):
+def torch_reference(model, processor, images, max_new_tokens: int, style: str = "cot", task=None):
     """Per image: HF pixel values, prefill logits over ``task``'s prompt and greedy tokens from ``generate``."""
     import torch
 
@@ -236,10 +236,23 @@ def _torch_reference(model, processor, images, max_new_tokens: int, style: str =
     return refs
 
 
-def _quantize(src: Path, dst: Path, quant: str, int4: dict) -> None:
+def quantize_int8(src: Path, dst: Path, ops: list[str] | None = None) -> None:
+    """One graph at int8 (``quantize_dynamic``: QInt8 weights, per-channel scales; per-tensor ones changed 1 of
+    80 test labels of the small model, these none), the project's one int8 setting for every layout. A graph
+    whose weights (with its external-data file) pass 1.8 GB is written with external data too."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
+    weights = sum(f.stat().st_size for f in src.parent.glob(src.name + "*"))
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ops, per_channel=True,
+                     use_external_data_format=weights > 1_800_000_000)
+
+
+def quantize(src: Path, dst: Path, quant: str, int4: dict) -> None:
     """Quantize the fp32 graphs in ``src`` into ``dst`` with onnxruntime's quantizers."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     import logging
@@ -248,9 +261,7 @@ def _quantize(src: Path, dst: Path, quant: str, int4: dict) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # the quantizers log every node they skip
 
     def int8(name: str, ops=None) -> None:
-        # per-channel scales: per-tensor ones changed 1 of 80 test labels of the small model, these none
-        quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                         per_channel=True, use_external_data_format=(src / name).stat().st_size > 1_800_000_000)
+        quantize_int8(src / name, dst / name, ops)
 
     int8(VISION, ["MatMul", "Gemm"])
     if quant == "int8":
@@ -412,7 +423,7 @@ def export(cfg: ExportConfig) -> dict:
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     if not out.exists() and old.is_dir() and _made_by_export(old):
         old.rename(out)
-        _log(f"restored {out} from {old} (an earlier export stopped between its two renames)")
+        log(f"restored {out} from {old} (an earlier export stopped between its two renames)")
     if out.exists():
         if not cfg.overwrite:
             raise ExportError(f"{out} exists; pass --overwrite to replace it")
@@ -436,7 +447,7 @@ def export(cfg: ExportConfig) -> dict:
         shutil.rmtree(old)
     else:
         tmp.rename(out)
-    _log(f"wrote {out}: {', '.join(manifests)}")
+    log(f"wrote {out}: {', '.join(manifests)}")
     return manifests
 
 
@@ -456,17 +467,17 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
 
     if family_of(AutoConfig.from_pretrained(base)).onnx.unsupported:
         raise ExportError(family_of(AutoConfig.from_pretrained(base)).onnx.unsupported)
-    _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
+    log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
-    _merged_card(tmp / "merged", base, provenance)
+    merged_card(tmp / "merged", base, provenance)
     style, task = provenance.get("question_style", "cot"), source_task(provenance)
-    images = _validation_images(cfg, cfg.validate_images, task)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    images = validation_images(cfg, cfg.validate_images, task)
+    refs = torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     spec = family.image_spec(processor)
     ids = prompt_ids(processor, images[0], style, task)
     tokens = token_ids(model, family, processor.tokenizer)
     fp32 = tmp / "fp32"
-    _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
+    log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
     import torch
 
     dims = export_graphs(model, family, torch.from_numpy(refs[0]["pixel_values"]), fp32)
@@ -476,7 +487,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
     for quant in order:
         pkg = tmp / quant
         if quant != "fp32":
-            _quantize(fp32, pkg, quant, int4)
+            quantize(fp32, pkg, quant, int4)
         _write_package(pkg, quant, int4, family, processor, dims, spec, ids, tokens, provenance,
                        {"images": 0, "max_abs_logit_diff": float("nan"), "greedy_tokens_identical": 0.0,
                         "labels_valid_torch": 0, "label_agreement": None}, merge_gap)
@@ -490,7 +501,7 @@ def _build(cfg: ExportConfig, base: str, adapter: Path | None, provenance: dict,
         manifests[quant] = _write_package(pkg, quant, int4, family, processor, dims, spec, ids, tokens,
                                           provenance, validation, merge_gap)
         m = manifests[quant]
-        _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
+        log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
              f"greedy tokens identical {validation['greedy_tokens_identical']:.0%}, "
              f"labels agree: {agreement_text(validation)}")
     if "fp32" not in cfg.quant:

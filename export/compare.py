@@ -41,7 +41,7 @@ def compare(package, refs, max_new_tokens: int, tie: float = 1e-4) -> dict:
     Args:
         package: an ``svlm_runtime.Package`` (or anything with its ``vision``, ``prefill``, ``generate``,
             ``eos_ids`` and ``tokenizer``).
-        refs: per image, from ``export.build._torch_reference``: ``pixel_values``, PyTorch's prefill
+        refs: per image, from ``export.build.torch_reference``: ``pixel_values``, PyTorch's prefill
             ``logits``, its greedy ``tokens`` and ``top2_gaps`` (the gap between the two largest logits at
             each generated step).
         max_new_tokens: the generation budget, the same as the references'.

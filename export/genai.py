@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.build import ExportError, _log, _merged_card, _torch_reference, _validation_images, merge, source_task
+from export.build import (ExportError, log, merge, merged_card, quantize_int8, source_task, torch_reference,
+                          validation_images)
 from export.compare import agreement_text, first_divergence, until_eos
 
 VISION, EMBED, DECODER = "vision.onnx", "embedding.onnx", "model.onnx"
@@ -127,18 +128,12 @@ def _embedding_graph(model, path: Path) -> None:
 
 
 def _int8_graphs(graphs: Path, pkg: Path) -> dict:
-    """The vision and embedding graphs of ``graphs`` at int8 into ``pkg`` (``quantize_dynamic`` QInt8, per-channel
-    scales, export.build's setting); {graph: (fp32 bytes, int8 bytes)}."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
+    """The vision and embedding graphs of ``graphs`` at int8 into ``pkg`` (``export.build.quantize_int8``, the
+    svlm layout's setting); {graph: (fp32 bytes, int8 bytes)}."""
     sizes = {}
     for name, ops in INT8_OPS.items():
         fp32 = sum(f.stat().st_size for f in graphs.glob(name + "*"))  # the graph and its external data
-        quantize_dynamic(graphs / name, pkg / name, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                         per_channel=True, use_external_data_format=fp32 > 1_800_000_000)
+        quantize_int8(graphs / name, pkg / name, ops)
         sizes[name] = (fp32, sum(f.stat().st_size for f in pkg.glob(name + "*")))
     return sizes
 
@@ -258,12 +253,12 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         import onnxruntime_genai  # noqa: F401
     except ImportError:
         raise ExportError("the genai layout needs onnxruntime-genai: pip install 'svlm-factory[genai]'") from None
-    _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
+    log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, tmp / "merged")
-    _merged_card(tmp / "merged", base, provenance)
+    merged_card(tmp / "merged", base, provenance)
     style, task = provenance.get("question_style", "cot"), source_task(provenance)
-    images = _validation_images(cfg, cfg.validate_images, task)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    images = validation_images(cfg, cfg.validate_images, task)
+    refs = torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     files = tmp / "validation_images"
     files.mkdir()
     image_files = []
@@ -272,7 +267,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         img.save(image_files[-1])
     graphs = tmp / "graphs"
     graphs.mkdir()
-    _log("exporting the vision and embedding graphs (torch.onnx, dynamo)")
+    log("exporting the vision and embedding graphs (torch.onnx, dynamo)")
     _vision_graph(model, graphs / VISION, graphs)
     _embedding_graph(model, graphs / EMBED)
     tok = processor.tokenizer
@@ -282,7 +277,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     manifests = {}
     for quant in ["fp32"] + [q for q in cfg.quant if q != "fp32"]:
         pkg = tmp / quant
-        _log(f"{quant}: building the decoder with onnxruntime_genai.models.builder")
+        log(f"{quant}: building the decoder with onnxruntime_genai.models.builder")
         proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tmp / "merged"),
                                "-o", str(pkg), "-p", PRECISION[quant], "-e", "cpu", "-c", str(tmp / "builder_cache"),
                                "--extra_options", "exclude_embeds=true"], capture_output=True, text=True)
@@ -317,7 +312,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (pkg / "svlm_manifest.json").write_text(json.dumps(manifest, indent=2))
         manifests[quant] = manifest
-        _log(f"{quant}: {manifest['size_bytes'] / 1e6:.2f} MB, max |Δlogits| (last prompt position) "
+        log(f"{quant}: {manifest['size_bytes'] / 1e6:.2f} MB, max |Δlogits| (last prompt position) "
              f"{validation['max_abs_logit_diff']:.2e}, greedy tokens identical "
              f"{validation['greedy_tokens_identical']:.0%}, labels agree: {agreement_text(validation)}")
     shutil.rmtree(files)

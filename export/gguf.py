@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from export.build import (ExportError, _log, _torch_reference, _validation_images, merge, prompt_ids,
-                          source_task, token_ids)
+from export.build import (ExportError, log, merge, prompt_ids, source_task, token_ids, torch_reference,
+                          validation_images)
 from export.compare import agreement_text, first_divergence, until_eos
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -114,7 +114,7 @@ def converter() -> Path:
     if (cached / "convert_hf_to_gguf.py").is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"fetching llama.cpp's converter: the llama-cpp-python {version} sdist from PyPI (once, into {cached})")
+    log(f"fetching llama.cpp's converter: the llama-cpp-python {version} sdist from PyPI (once, into {cached})")
     with tempfile.TemporaryDirectory(prefix="svlm_sdist_") as tmp:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                                "--quiet", "--dest", tmp, f"llama-cpp-python=={version}"],
@@ -185,7 +185,7 @@ def _tokens_within(merged: Path, out: Path, rows: int | None) -> None:
     if cfg is not None and rows and isinstance(cfg.get("added_tokens_decoder"), dict):
         cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items() if int(k) < rows}
     if dropped:
-        _log(f"tokens past the model's {rows} embedding rows left out of the GGUF vocabulary: {sorted(set(dropped))}")
+        log(f"tokens past the model's {rows} embedding rows left out of the GGUF vocabulary: {sorted(set(dropped))}")
     for name, data in (("tokenizer.json", tok), ("tokenizer_config.json", cfg)):
         if data is not None:
             (out / name).write_text(json.dumps(data, ensure_ascii=False))
@@ -277,7 +277,7 @@ def step_candidates(model, processor, images, refs: list[dict], style: str, task
 
 def validate(model, refs: list[dict], images, processor, family, style: str, task, max_new_tokens: int,
              tie: float = 1e-4, rounding_ties: bool = False) -> dict:
-    """A GGUF package (``GGUFModel``) against the PyTorch references (``export.build._torch_reference``):
+    """A GGUF package (``GGUFModel``) against the PyTorch references (``export.build.torch_reference``):
     the prompt's token ids (llama.cpp's text and image tokens vs the processor's), the logit gap at the last
     prompt position, greedy tokens and labels.
 
@@ -472,12 +472,12 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         raise ExportError(family.gguf.unsupported)
     version = bindings_version()
     conv = converter()
-    _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
+    log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     work = tmp / "work"
     model, processor, family, merge_gap = merge(base, adapter, work / "merged")
     style, task = provenance.get("question_style", "cot"), source_task(provenance)
-    images = _validation_images(cfg, cfg.validate_images, task)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    images = validation_images(cfg, cfg.validate_images, task)
+    refs = torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     step_candidates(model, processor, images, refs, style, task)
     tokens = token_ids(model, family, processor.tokenizer)
     before, after = split_prompt(task.render_prompt(processor, style), family.gguf.image_text)
@@ -486,7 +486,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     if family.gguf.image_tokens is not None:
         image["min_tokens"], image["max_tokens"] = family.gguf.image_tokens(ip)
     del model
-    _log(f"converting with llama.cpp's converter ({conv})")
+    log(f"converting with llama.cpp's converter ({conv})")
     staged = stage(work / "merged", family, work / "staged")
     f32, mmproj = work / "model-f32.gguf", work / MMPROJ
     convert(conv, staged, f32, mmproj=False)
@@ -518,7 +518,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                               f"(max |Δlogits| {validation['max_abs_logit_diff']:.2e})")
         manifests[quant] = m = _write_package(pkg, quant, family, processor, before, after, image, tokens,
                                               provenance, validation, merge_gap, version)
-        _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
+        log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB, max |Δlogits| {validation['max_abs_logit_diff']:.2e}, "
              f"greedy tokens identical {validation['greedy_tokens_identical']:.0%}, "
              f"labels agree: {agreement_text(validation)}")
     shutil.rmtree(work)

@@ -4,7 +4,7 @@ loads in Node, browsers, Electron or React Native, validated against PyTorch lik
     svlm export --run runs/smol --layout transformers.js          # -> runs/smol/export-transformers.js/
 
 The graphs are the project's own (``export.graphs``: vision encoder + projector, token embeddings, one decoder
-with past key values), quantized by the same quantizers (``export.build._quantize``); only their names, two
+with past key values), quantized by the same quantizers (``export.build.quantize``); only their names, two
 inputs and the files around them change, to what transformers.js 4.3.1 reads (``src/models/session_config.js``,
 ``modeling_utils.js``, the Idefics3 / Llava model classes and processors):
 
@@ -42,8 +42,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from export.build import (ExportError, _log, _quantize, _torch_reference, _validation_images, merge, prompt_ids,
-                          source_task, token_ids)
+from export.build import (ExportError, log, merge, prompt_ids, quantize, source_task, token_ids, torch_reference,
+                          validation_images)
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from svlm_runtime.package import sha256
@@ -294,16 +294,16 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
         if refusal:
             raise ExportError(f"--layout transformers.js: {refusal}")
     work = tmp / "work"
-    _log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
+    log(f"merging {adapter or 'no adapter'} onto {base} (fp32)")
     model, processor, family, merge_gap = merge(base, adapter, work / "merged")
     style, task = provenance.get("question_style", "cot"), source_task(provenance)
-    images = _validation_images(cfg, cfg.validate_images, task)
-    refs = _torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
+    images = validation_images(cfg, cfg.validate_images, task)
+    refs = torch_reference(model, processor, images, cfg.max_new_tokens, style, task)
     ids = prompt_ids(processor, images[0], style, task)
     tokens = token_ids(model, family, processor.tokenizer)
     rank = processor(images=[[images[0]]], text=[task.render_prompt(processor, style)],
                      return_tensors="pt")["pixel_values"].dim()
-    _log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
+    log("exporting vision / embed / decoder graphs (torch.onnx, dynamo)")
     dims = export_graphs(model, family, torch.from_numpy(refs[0]["pixel_values"]), work / "svlm")
     fp32 = work / "fp32"  # the project's file names, so that export.build's quantizers apply unchanged
     for name, adapt in ((VISION, lambda m: adapt_vision(m, rank)), (EMBED, adapt_embed),
@@ -319,7 +319,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     for quant in order:
         src = fp32 if quant == "fp32" else work / quant
         if quant != "fp32":
-            _quantize(fp32, src, quant, int4)
+            quantize(fp32, src, quant, int4)
         graphs[quant] = []
         for graph, name in (("vision", VISION), ("embed", EMBED), ("decoder", DECODER)):
             rel = onnx_file(graph, quant)
@@ -338,7 +338,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
                 f"{validation['max_abs_logit_diff']:.2e} (tolerance {family.onnx.tolerance:g}), identical greedy "
                 f"tokens on {validation['greedy_tokens_identical']:.0%} of {validation['images']} images")
         results[quant] = validation
-        _log(f"{quant} ({DTYPES[quant][0]}): max |Δlogits| {validation['max_abs_logit_diff']:.2e}, greedy tokens "
+        log(f"{quant} ({DTYPES[quant][0]}): max |Δlogits| {validation['max_abs_logit_diff']:.2e}, greedy tokens "
              f"identical {validation['greedy_tokens_identical']:.0%}, labels agree: {agreement_text(validation)}")
     if "fp32" not in cfg.quant:
         for rel in graphs.pop("fp32"):
@@ -369,7 +369,7 @@ def build(cfg, base: str, adapter: Path | None, provenance: dict, tmp: Path) -> 
     (tmp / "README.md").write_text(model_card(manifest, base, tmp.name.removesuffix(".tmp")))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     for quant, m in quants.items():
-        _log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB as transformers.js dtype {m['dtype']!r}")
+        log(f"{quant}: {m['size_bytes'] / 1e6:.2f} MB as transformers.js dtype {m['dtype']!r}")
     return quants
 
 

@@ -3,10 +3,12 @@
 A model spec is a path:
 * an ONNX package (a folder with ``manifest.json``, written by ``svlm export``): ``svlm_runtime.Package``;
 * a GGUF package (``svlm export --layout gguf``): ``svlm_runtime.gguf.GGUFModel`` (llama.cpp);
-* a GenAI package (``svlm export --layout genai``): ``svlm_runtime.genai.GenAIModel`` (ONNX Runtime GenAI; no
-  per-label probabilities yet);
+* a GenAI package (``svlm export --layout genai``): ``svlm_runtime.genai.GenAIModel`` (ONNX Runtime GenAI);
 * a stage output (``runs/NAME/STAGE``, holding ``adapter/``): base + adapter merged, PyTorch fp32, eager;
 * a plain checkpoint folder (``config.json``): PyTorch fp32, eager.
+
+Packages carry their task's labels and answer rule in the manifest; PyTorch stages and merged checkpoints in
+their ``task.yaml`` (``factory.tasks``).
 
 All answer the question the model was trained (or exported) with through the runtime's interface:
 ``generate(image, max_new_tokens=…, on_text=…, label_probs=…) -> Generation`` and

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from factory import config as config_lib
 
 from export.build import ExportConfig, ExportError, export
 from export.compare import agreement_text
@@ -103,15 +102,15 @@ def test_the_exported_decoder_computes_logits_only_at_the_kept_positions(exporte
 
 @pytest.mark.parametrize("n", [3, 32])
 def test_validation_takes_n_images_of_the_runs_validation_split_or_all_of_them(baseline_run, synth_root, n):
-    from export.build import _run_data, _validation_images
+    from export.build import _run_data, validation_images
     from factory.data.emoset import read_split
 
     assert _run_data(baseline_run, None) == synth_root  # an `svlm train` run: the data its stages name
     val = read_split(synth_root, "val", check_images="none").records
-    images = _validation_images(ExportConfig(run=str(baseline_run)), n)
+    images = validation_images(ExportConfig(run=str(baseline_run)), n)
     assert len(images) == min(n, len(val)) and len({im.tobytes() for im in images}) == len(images)
     assert ExportConfig(model="m").validate_images == 32
-    assert len(_validation_images(ExportConfig(model="m"), 20)) == 20  # no run: synthetic images
+    assert len(validation_images(ExportConfig(model="m"), 20)) == 20  # no run: synthetic images
 
 
 def test_int8_labels_agree_with_pytorch(exported):

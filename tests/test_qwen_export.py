@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.build import ExportConfig, _torch_reference, export
+from export.build import ExportConfig, torch_reference, export
 from export.compare import compare
 from svlm_runtime.package import Package, PackageError
 
@@ -33,7 +33,7 @@ def _check_package(family, tiny_dirs, tmp_path, quants):
     assert fp32["validation"]["greedy_tokens_identical"] == 1.0 and fp32["validation"]["max_abs_logit_diff"] <= 1e-4
     loaded = load_model(tiny_dirs(family), dtype="float32", device="cpu")
     pkg = Package(tmp_path / "e" / "fp32")
-    refs = _torch_reference(loaded.model, loaded.processor, [_image(w, h, i) for i, (w, h) in enumerate(SIZES)], 10)
+    refs = torch_reference(loaded.model, loaded.processor, [_image(w, h, i) for i, (w, h) in enumerate(SIZES)], 10)
     grids = set()
     for (w, h), ref in zip(SIZES, refs):
         v = compare(pkg, [ref], 10)

@@ -150,7 +150,7 @@ def test_node_loads_the_export_offline_with_pythons_prompt_and_pytorchs_tokens(r
     values its greedy tokens are PyTorch's (fp32) on real images."""
     from PIL import Image
 
-    from export.build import _torch_reference
+    from export.build import torch_reference
     from export.compare import until_eos
     from factory.models import load_model
     from factory.prompts import question
@@ -161,7 +161,7 @@ def test_node_loads_the_export_offline_with_pythons_prompt_and_pytorchs_tokens(r
     prompt, ids, pixels = python_side(loaded.processor, images, "cot")
     result = run_node(out, images, pixels, ["fp32", "q4"], question("cot"), 8, tmp_path)
     assert result["prompt"] == prompt and result["prompt_ids"] == ids
-    refs = _torch_reference(loaded.model.eval(), loaded.processor, [Image.open(p).convert("RGB") for p in images],
+    refs = torch_reference(loaded.model.eval(), loaded.processor, [Image.open(p).convert("RGB") for p in images],
                             8, "cot")
     eos = set(json.loads((out / "generation_config.json").read_text())["eos_token_id"])
     fp32 = result["dtypes"]["fp32"]
@@ -255,7 +255,7 @@ def test_transformers_js_matches_pytorch_on_32_images_at_every_dtype(trained_exp
     pixel gap between the two preprocessings is measured and printed."""
     from PIL import Image
 
-    from export.build import _torch_reference, merge
+    from export.build import torch_reference, merge
     from export.compare import first_divergence, until_eos
     from factory.prompts import parse_answer, question
     from factory.train.common import stage_source
@@ -264,7 +264,7 @@ def test_transformers_js_matches_pytorch_on_32_images_at_every_dtype(trained_exp
     base, adapter, style = stage_source(run / "0_baseline")
     model, processor, _, _ = merge(base, adapter, tmp_path / "merged")
     images = [Image.open(p).convert("RGB") for p in held_out]
-    refs = _torch_reference(model, processor, images, 12, style)
+    refs = torch_reference(model, processor, images, 12, style)
     prompt, ids, pixels = python_side(processor, held_out, style)
     result = run_node(out, held_out, pixels, list(DTYPE_OF.values()), question(style), 12, tmp_path / "node")
     assert result["prompt"] == prompt and result["prompt_ids"] == ids
