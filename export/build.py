@@ -53,6 +53,8 @@ class ExportConfig:
     # path; 1 = fp32 (slower, closest to the fp32 graph); 0 leaves it unset (onnxruntime then computes in fp32)
     accuracy_level: int = 4
     validate_images: int = 32  # validation images compared token by token against PyTorch (all if fewer)
+    # the task the model answers (factory.tasks); None: the stage's task.yaml (or a checkpoint folder's)
+    task: str | None = None
     max_new_tokens: int = 48
     overwrite: bool = False
 
@@ -79,8 +81,9 @@ def log(msg: str) -> None:
 
 def resolve_source(cfg: ExportConfig) -> tuple[str, Path | None, dict]:
     """(base model source, adapter folder or None, provenance) for the config."""
+    task = {"task": cfg.task} if cfg.task is not None else {}
     if cfg.model is not None:
-        return cfg.model, None, {"model": cfg.model}
+        return cfg.model, None, {"model": cfg.model, **task}
     run = Path(cfg.run)
     if not run.is_dir():
         raise ExportError(f"no run folder {run}")
@@ -96,7 +99,7 @@ def resolve_source(cfg: ExportConfig) -> tuple[str, Path | None, dict]:
 
     base, adapter, style = stage_source(layout.stage(stage))
     return base, adapter, {"run": str(run), "stage": stage, "adapter": str(adapter), "base": base,
-                           "question_style": style}
+                           "question_style": style, **task}
 
 
 def merge(base: str, adapter: Path | None, out: Path):
@@ -125,10 +128,13 @@ def merge(base: str, adapter: Path | None, out: Path):
 
 
 def source_task(provenance: dict):
-    """The task the exported model learned (``factory.tasks``): the trained stage's ``task.yaml`` beside its
-    adapter, or a merged checkpoint folder's; sources written before tasks existed were EmoSet's."""
-    from factory.tasks import folder_task
+    """The task the exported model learned (``factory.tasks``): ``--task`` when given, else the trained stage's
+    ``task.yaml`` beside its adapter, or a merged checkpoint folder's; sources written before tasks existed were
+    EmoSet's."""
+    from factory.tasks import folder_task, load_task
 
+    if "task" in provenance:
+        return load_task(provenance["task"])
     return folder_task(Path(provenance["adapter"]).parent if "adapter" in provenance else provenance["model"])
 
 

@@ -159,14 +159,14 @@ def arm_train_config(rcfg, root: Path, arm: ArmConfig, out: Path, seed: int):
 
 
 def _seed_stage(src: Path, dst: Path) -> None:
-    """Give an arm-seed folder the start stage (adapter, stage.yaml, done.json), copied once."""
+    """Give an arm-seed folder the start stage (adapter, stage.yaml, task.yaml, done.json), copied once."""
     if (dst / DONE).is_file():
         return
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copytree(src / "adapter", tmp / "adapter")
-    for name in ("stage.yaml", DONE, "svlm_config.yaml"):
+    for name in ("stage.yaml", DONE, "svlm_config.yaml", "task.yaml"):
         if (src / name).is_file():
             shutil.copy(src / name, tmp / name)
     shutil.rmtree(dst, ignore_errors=True)

@@ -182,7 +182,7 @@ def cmd_export(args) -> int:
     quant = args.quant.split(",") if args.quant else None
     cfg = config_lib.load(ExportConfig, args.config, _overrides(args, {
         "run": "run", "stage": "stage", "model": "model", "out": "out", "layout": "layout", "block_size": "block_size",
-        "accuracy_level": "accuracy_level",
+        "accuracy_level": "accuracy_level", "task": "task",
         "overwrite": "overwrite"}) + ([f"quant={json.dumps(quant)}"] if quant else []))
     manifests = export(cfg)
     for quant, m in manifests.items():  # every layout's manifest carries these validation figures
@@ -212,7 +212,9 @@ def _command() -> str | None:
 def cmd_bench_latency(args) -> int:
     from benchmarks.latency import markdown, run, sample_images
 
-    images = sample_images(args.data, args.split, args.images, args.task)
+    from benchmarks.accuracy import models_task
+
+    images = sample_images(args.data, args.split, args.images, models_task(args.models, args.task))
     report = run(args.models, images, args.out, args.runs, args.warmup, args.threads, args.max_new_tokens,
                  command=_command(), low_memory=args.low_memory)
     print(markdown(report))
@@ -378,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="training run folder, e.g. runs/default")
     p.add_argument("--stage", help="stage to export (default: the last finished one)")
     p.add_argument("--model", help="or a checkpoint (hub id or folder) to export without an adapter")
+    p.add_argument("--task", help="the task the model answers (default: the stage's task.yaml, or the checkpoint "
+                   "folder's; else emoset)")
     p.add_argument("--out", help="output folder (default <run>/export); built in <out>.tmp, renamed when valid")
     from export.layouts import LAYOUTS
 
@@ -412,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
             "peak RSS and size, one process per model", cmd_bench_latency)
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--data", required=True, help="EmoSet root the images are drawn from")
-    p.add_argument("--task", default="emoset", help="the task the split is read for (default emoset)")
+    p.add_argument("--task", help="the task the split is read for (default: the first stage's task.yaml, else "
+                   "emoset)")
     p.add_argument("--split", default="test")
     p.add_argument("--images", type=int, default=4, help="distinct images cycled through (default 4)")
     p.add_argument("--runs", type=int, default=8, help="timed runs per model (default 8)")

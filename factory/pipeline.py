@@ -180,7 +180,11 @@ def _run(cfg: RunConfig) -> dict:
     from factory.tasks import load_task
 
     t0 = time.time()
+    from factory.cot.teachers import make_teacher
+
     task = load_task(cfg.task)  # a bad task file fails before anything is written
+    for teacher in cfg.cot.teachers:  # so does a teacher that cannot serve it (no lexicon, no key variable)
+        make_teacher(teacher, task)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.root is None and not cfg.data.synth.out:
@@ -243,7 +247,7 @@ def _run(cfg: RunConfig) -> dict:
         "seconds": round(time.time() - t0, 1),
     }
     write_json(cfg.layout.summary, summary)
-    plot = plot_summary(rows, cfg.layout.stages_plot, f"{cfg.name}: {cfg.eval.split} split")
+    plot = plot_summary(rows, cfg.layout.stages_plot, f"{cfg.name}: {cfg.eval.split} split", len(task.labels))
     print(format_table(rows))
     if heldout:
         print(f"\nHeld-out test set ({heldout['images']} images, {heldout['data']}):")

@@ -1,7 +1,7 @@
 """The default task's question, labels and answer rule as module names, for tests, doctests and quick use.
 
 Production code takes a :class:`factory.tasks.Task` (a run's ``task``), so nothing that trains, teaches,
-exports or evaluates is tied to EmoSet; these names are ``load_task("emoset")``'s. The format is the R1
+exports or evaluates is tied to EmoSet; these names are the shipped ``emoset`` task's. The format is the R1
 convention (DESIGN.md §1, OURS), its parser ``svlm_runtime.answer_format``'s:
 
     <think>free-text reasoning</think><answer>label</answer>
@@ -18,7 +18,7 @@ from factory.tasks import load_task
 
 FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
-EMOSET = load_task("emoset")
+EMOSET = load_task()  # the shipped file, whatever the working directory holds
 #: EmoSet's emotions in the official index order (info.json): positives first, not alphabetical.
 EMOTIONS: tuple[str, ...] = tuple(EMOSET.labels)
 LABEL2ID: dict[str, int] = dict(EMOSET.label2id)

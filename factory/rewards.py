@@ -76,14 +76,22 @@ REWARDS: dict[str, Callable[..., list[float]]] = {"format": format_reward, "accu
 def get_rewards(names: list[str] | tuple[str, ...], task: Task | None = None) -> list[Callable[..., list[float]]]:
     """Resolve rewards: a built-in name (bound to ``task``: its labels and answer rule), or ``module:function``
     (a function with trl's reward signature, imported from the installed packages or the working directory;
-    it gets the dataset's ``label`` column like any other). Anything else is a one-line config error.
+    it gets the dataset's ``label`` column like any other, and the run's ``Task`` when it has a ``task``
+    parameter). Anything else is a one-line config error.
 
     >>> [f.__name__ for f in get_rewards(["format", "accuracy"])]
     ['format_reward', 'accuracy_reward']
-    >>> get_rewards(["factory.rewards:format_reward"])[0] is format_reward
+    >>> get_rewards(["factory.rewards:format_reward"])[0].__wrapped__ is format_reward  # bound: it takes task
     True
     """
-    return [_bind(REWARDS[n], task) if n in REWARDS else _import_reward(n) for n in names]
+    return [_bind(REWARDS[n], task) if n in REWARDS else _bind_if_asked(_import_reward(n), task) for n in names]
+
+
+def _bind_if_asked(reward: Callable[..., list[float]], task: Task | None) -> Callable[..., list[float]]:
+    """An imported reward that takes a ``task`` parameter judges the run's task (as the built-in ones do)."""
+    import inspect
+
+    return _bind(reward, task) if "task" in inspect.signature(reward).parameters else reward
 
 
 def _bind(reward: Callable[..., list[float]], task: Task | None) -> Callable[..., list[float]]:

@@ -30,7 +30,9 @@ TASK_FILENAME = "task.yaml"  # the resolved task, beside every stage's adapter
 ATTRIBUTES = ("brightness", "colorfulness", "scene", "object", "facial_expression", "human_action")
 SCALES = ("brightness", "colorfulness")  # numeric attributes in [0, 1]
 CATEGORIES = ("scene", "object", "facial_expression", "human_action")
-# Shipped tasks are package data; configs/tasks links to the same folder.
+LABEL_ATTRIBUTES = ("scene", "facial_expression", "human_action")  # one value per image ("object" is a list)
+# Shipped tasks are package data; the repository's configs/tasks spells them out (a test keeps them equal) and is
+# where `svlm tasks --new` writes a project's own tasks.
 _SHIPPED = Path(__file__).resolve().parent / "assets" / "tasks"
 
 
@@ -82,16 +84,20 @@ class Task:
             self.answer_format  # noqa: B018 (checks labels, tags and aliases once, here)
         except ValueError as e:
             raise ConfigError(f"task {self.name!r}: {e}") from None
-        if self.label_from != "split" and self.label_from not in CATEGORIES:
-            raise ConfigError(f"task {self.name!r}: label_from must be 'split' or one of {list(CATEGORIES)}, "
-                              f"got {self.label_from!r}")
+        if self.label_from != "split" and self.label_from not in LABEL_ATTRIBUTES:
+            raise ConfigError(f"task {self.name!r}: label_from must be 'split' or one of {list(LABEL_ATTRIBUTES)} "
+                              f"(an attribute with one value per image), got {self.label_from!r}")
+        bad = [label for label in self.labels if label != label.strip() or any(c in label for c in ",/\\<>")]
+        if bad:
+            raise ConfigError(f"task {self.name!r}: labels {bad} have surrounding spaces or one of , / \\ < > "
+                              "(a label is a folder name, a list item in the question and the text of an answer tag)")
         if set(self.questions) != {"cot", "label"}:
             raise ConfigError(f"task {self.name!r}: questions must have exactly 'cot' and 'label', got "
                               f"{sorted(self.questions)}")
         for style in self.questions:
             try:
                 self.question(style)
-            except (KeyError, IndexError, ValueError) as e:
+            except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
                 raise ConfigError(f"task {self.name!r}: question {style!r} uses an unknown placeholder {e}; "
                                   "known: {labels}, {think}, {answer}") from None
         self._check_lexicon()
@@ -187,17 +193,20 @@ def shipped_tasks() -> list[str]:
 
 
 def load_task(spec: str | Task | None = None) -> Task:
-    """The task named by ``spec`` (a shipped name or a YAML path; None: the default, EmoSet)."""
+    """The task named by ``spec`` (a name or a YAML path, ``task_path``); None: the shipped default, EmoSet's,
+    whatever the working directory holds."""
     if isinstance(spec, Task):
         return spec
-    return _load(str(task_path(spec or DEFAULT_TASK).resolve()))
+    path = task_path(spec) if spec else _SHIPPED / f"{DEFAULT_TASK}.yaml"
+    return _load(str(path.resolve()))
 
 
-_CACHE: dict[tuple[str, float], Task] = {}
+_CACHE: dict[tuple[str, int, int], Task] = {}
 
 
 def _load(path: str) -> Task:
-    key = (path, Path(path).stat().st_mtime)
+    stat = Path(path).stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)  # an edit within the same second still shows
     if key not in _CACHE:
         data = config_lib.read_yaml(path)
         try:
@@ -216,7 +225,7 @@ def folder_task(folder: str | Path) -> Task:
     """The task an output folder (a trained stage) was made for: its ``task.yaml``; folders written before
     tasks existed were EmoSet's."""
     path = Path(folder) / TASK_FILENAME
-    return _load(str(path.resolve())) if path.is_file() else load_task(DEFAULT_TASK)
+    return _load(str(path.resolve())) if path.is_file() else load_task()
 
 
 def new_task(name: str, labels: list[str], noun: str = "class", folder: str | Path = Path("configs") / "tasks",

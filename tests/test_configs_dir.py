@@ -156,3 +156,13 @@ def test_resolve_stage_reads_the_table_or_a_stage_dir_and_names_the_stage_in_err
         resolve_stage("9_x")
     with pytest.raises(ConfigError, match="stages.1_sft"):
         resolve_stage("1_sft", {"learning_rate": "fast"})
+
+
+def test_configs_tasks_spell_out_the_shipped_tasks():
+    """configs/tasks holds the shipped task files unchanged (package data is what an installed svlm reads)."""
+    from factory.tasks import _SHIPPED
+
+    shipped = sorted(p.name for p in _SHIPPED.glob("*.yaml"))
+    assert shipped == ["emoset.yaml", "facial_expression.yaml"]
+    for name in shipped:
+        assert (CONFIGS / "tasks" / name).read_text() == (_SHIPPED / name).read_text()

@@ -27,7 +27,7 @@ def _write(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_configs_tasks_is_the_shipped_folder_and_every_task_loads():
+def test_every_shipped_task_loads():
     assert sorted(p.stem for p in Path("configs/tasks").glob("*.yaml")) == shipped_tasks() == \
         ["emoset", "facial_expression"]
     face = load_task("facial_expression")
@@ -47,6 +47,10 @@ def test_configs_tasks_is_the_shipped_folder_and_every_task_loads():
     ({"answer": {"aliases": {"Awe": "fear"}}}, "already spells a label"),
     ({"teacher": {"keywords": {"joy": {"party": 1.0}}}}, "names labels the task does not have: ['joy']"),
     ({"teacher": {"scales": {"loudness": {"awe": 1.0}}}}, "unknown attributes ['loudness']"),
+    ({"label_from": "object"}, "one value per image"),
+    ({"labels": ["awe", "fear/terror"]}, "one of , /"),
+    ({"labels": ["awe", "fear, terror"]}, "one of , /"),
+    ({"questions": {"cot": None, "label": "x"}}, "unknown placeholder"),
 ])
 def test_a_bad_task_file_is_a_one_line_error_naming_the_file(tmp_path, changes, message):
     path = _write(tmp_path, **changes)
@@ -236,3 +240,48 @@ def test_the_demo_reads_each_variants_labels_without_loading_it(tmp_path):
     pkg.mkdir()
     (pkg / "svlm_manifest.json").write_text(json.dumps({"labels": ["ok", "ng"]}))  # a GenAI package
     assert model_labels(pkg) == ("ok", "ng") and model_labels(tmp_path) == ()
+
+
+def test_a_task_labelled_from_the_scene_never_hears_the_scene(tmp_path):
+    from factory.cot.attributes import attribute_response
+
+    path = _write(tmp_path, name="scenes", labels=["beach", "cemetery"], label_from="scene",
+                  teacher={"keywords": {"beach": {"surf": 1.0, "beach": 1.0}, "cemetery": {"candle": 1.0}}})
+    task = load_task(str(path))
+    text = attribute_response({"scene": "beach", "object": ["Candle"], "brightness": 0.5}, task=task)
+    assert "scene" not in text and task.parse(text).label == "cemetery"  # from the candle, not the answer
+
+
+def test_the_attribute_teacher_refuses_a_task_without_a_lexicon(tmp_path):
+    from factory.cot.teachers import TeacherConfig, make_teacher
+    from factory.tasks import new_task
+
+    path = new_task("defects", ["scratch", "dent"], "defect", tmp_path)
+    with pytest.raises(ConfigError, match="no attribute lexicon"):
+        make_teacher(TeacherConfig(), str(path))
+
+
+def test_sft_rows_refuse_traces_built_for_another_task(tmp_path):
+    from factory.cot.datasets import sft_rows
+    from factory.errors import SVLMError
+
+    (tmp_path / "cot.jsonl").write_text(json.dumps({
+        "image_id": "a", "label": "amusement", "image": "x.jpg", "teacher": "t", "response":
+        "<think>x</think><answer>amusement</answer>", "rationalized": False}) + "\n")
+    assert len(sft_rows(tmp_path)) == 1
+    with pytest.raises(SVLMError, match="built for another task"):
+        sft_rows(tmp_path, task=load_task("facial_expression"))
+
+
+def test_an_imported_reward_with_a_task_parameter_judges_the_run_task():
+    from factory.rewards import get_rewards
+
+    fmt, = get_rewards(["factory.rewards:format_reward"], load_task("facial_expression"))
+    assert fmt(completions=["<think>x</think><answer>Happiness</answer>"]) == [1.0]
+
+
+def test_export_takes_a_task_for_a_checkpoint_without_one():
+    from export.build import source_task
+
+    assert source_task({"model": "org/name"}).name == "emoset"
+    assert source_task({"model": "org/name", "task": "facial_expression"}).labels == FACES

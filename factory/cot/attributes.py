@@ -5,8 +5,7 @@ the label, scores each of the task's labels from the task's lexicon of common-se
 (``teacher:`` in ``configs/tasks/<name>.yaml``), writes a reasoning trace that cites the evidence, and
 answers the best-scoring label. The trace is then verified against the label like any teacher's. It is the
 offline default and the fallback when no endpoint is configured. A task labelled from an attribute
-(``facial_expression``) may not link that attribute to labels (``Task`` refuses such a lexicon), so the
-teacher cannot read the answer.
+(``facial_expression``) never shows that attribute to the teacher, neither as a score nor as evidence.
 
 The lexicons are general (what a cemetery or a birthday cake usually evokes), not derived from any dataset's
 labels; unknown scene and object names simply contribute nothing.
@@ -31,6 +30,8 @@ def score_labels(attributes: dict, task: Task | None = None) -> tuple[dict[str, 
     """Score every label of ``task`` (default EmoSet) from the attributes; also return the evidence used."""
     task = load_task(task)
     lex = task.teacher
+    # a task labelled from an attribute (scene, facial_expression, ...) must not cite it: that is the answer
+    attributes = {k: v for k, v in attributes.items() if k != task.label_from}
     scores = dict.fromkeys(task.labels, 0.0)
     evidence: list[str] = []
     brightness, colorfulness = attributes.get("brightness"), attributes.get("colorfulness")

@@ -24,7 +24,7 @@ def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: boo
     if traces not in ("all", "first"):
         raise ValueError(f"traces must be 'all' or 'first', got {traces!r}")
     task = load_task(task)
-    rows, seen = [], set()
+    rows, seen, foreign = [], set(), set()
     for line in (Path(cot_dir) / TRACES).read_text().splitlines():
         rec = json.loads(line)
         if rec["rationalized"] and not include_rationalized:
@@ -32,9 +32,17 @@ def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: boo
         if traces == "first" and rec["image_id"] in seen:
             continue
         seen.add(rec["image_id"])
+        if row_label(rec) not in task.label2id:
+            foreign.add(row_label(rec))
+            continue
         user, assistant = task.messages("cot", answer=rec["response"].strip())
         rows.append({"image": rec["image"], "prompt": [user], "completion": [assistant],
                      "label": row_label(rec), "teacher": rec["teacher"]})
+    if foreign:
+        from factory.errors import SVLMError
+
+        raise SVLMError(f"{cot_dir} holds traces labelled {sorted(foreign)}, which task {task.name!r} does not have: "
+                        "it was built for another task; build the CoT data for this one (svlm cot build --task)")
     return rows
 
 

@@ -119,6 +119,12 @@ def hint_text(label: str) -> str:
 class AttributeTeacher:
     def __init__(self, cfg: TeacherConfig, task: Task | None = None):
         self.cfg, self.name, self.concurrency, self.task = cfg, cfg.name, cfg.concurrency, load_task(task)
+        lex = self.task.teacher
+        if not (lex.scales or lex.categories or lex.keywords):
+            # every score would be 0 and it would answer the first label for every image: one class of traces
+            raise ConfigError(f"teacher {cfg.name!r}: task {self.task.name!r} has no attribute lexicon (teacher: in "
+                              "its YAML), so the attribute teacher cannot reason for it; use a model teacher "
+                              "(configs/teachers.example.yaml) or give the task a lexicon")
 
     def respond(self, record: EmoSetRecord, hint: str | None = None) -> str:
         from factory.cot.attributes import attribute_response

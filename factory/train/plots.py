@@ -78,8 +78,8 @@ def plot_stage(history: list[dict], out: str | Path, title: str) -> Path | None:
     return out
 
 
-def plot_summary(rows: list[dict], out: str | Path, title: str = "per-stage evaluation") -> Path:
-    """Grouped bars of format rate, accuracy and macro recall per stage."""
+def plot_summary(rows: list[dict], out: str | Path, title: str = "per-stage evaluation", classes: int = 8) -> Path:
+    """Grouped bars of format rate, accuracy and macro recall per stage, against chance (1 / ``classes``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +91,7 @@ def plot_summary(rows: list[dict], out: str | Path, title: str = "per-stage eval
     for i, metric in enumerate(metrics):
         xs = [j + (i - 1) * width for j in range(len(rows))]
         ax.bar(xs, [r[metric] for r in rows], width, label=metric.replace("_", " "))
-    ax.axhline(1 / 8, color="grey", linestyle="--", linewidth=0.8, label="chance (1/8)")
+    ax.axhline(1 / classes, color="grey", linestyle="--", linewidth=0.8, label=f"chance (1/{classes})")
     ax.set_xticks(range(len(rows)), [r["stage"] for r in rows], rotation=20, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(title)
