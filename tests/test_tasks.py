@@ -285,3 +285,17 @@ def test_export_takes_a_task_for_a_checkpoint_without_one():
 
     assert source_task({"model": "org/name"}).name == "emoset"
     assert source_task({"model": "org/name", "task": "facial_expression"}).labels == FACES
+
+
+def test_svlm_tasks_lists_and_writes_a_loadable_task(tmp_path, monkeypatch, capsys):
+    from factory.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["tasks", "--new", "defects", "--labels", "scratch, dent,clean", "--noun", "defect"]) == 0
+    task = load_task("defects")  # found in ./configs/tasks by name
+    assert task.labels == ["scratch", "dent", "clean"] and "Which defect does" in task.question("cot")
+    assert main(["tasks"]) == 0
+    listed = capsys.readouterr().out
+    assert "defects: 3 labels" in listed and "facial_expression: 6 labels" in listed
+    assert main(["tasks", "--new", "defects", "--labels", "a,b"]) == 2  # never replaces a task file
+    assert "exists" in capsys.readouterr().err and load_task("defects").labels == task.labels
