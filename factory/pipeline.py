@@ -141,6 +141,7 @@ def _log(msg: str) -> None:
     print(f"[svlm run] {msg}", flush=True)
 
 
+
 def prepare_data(cfg: RunConfig) -> Path:
     """Return the data root: the configured one, or a synthetic EmoSet in the run folder."""
     from factory.data.synth import generate
@@ -213,7 +214,9 @@ def _run(cfg: RunConfig) -> dict:
     rows = []
     base_eval = cfg.layout.base_eval
     made_from = {"source": cfg.layout.relative(source), "data": cfg.layout.relative(root),
-                 "eval": config_lib.to_dict(cfg.eval), **({"task": task.name} if task.name != "emoset" else {})}
+                 "eval": config_lib.to_dict(cfg.eval),
+                 # the labels, questions and rule (records made before tasks, and EmoSet's, carry none)
+                 **({"task": task.identity()} if task.identity() != load_task().identity() else {})}
     base = json.loads(base_eval.read_text()) if base_eval.is_file() else {}
     if base.pop("made_from", made_from) == made_from and base:  # (records before made_from were reused as is)
         _log(f"base model's evaluation reused ({base_eval})")

@@ -168,6 +168,12 @@ class Task:
         value = attributes.get(self.label_from)
         return value if isinstance(value, str) else None
 
+    def identity(self) -> dict:
+        """What makes a model trained for this task what it is: labels, label source, questions, answer rule
+        (not the description, tags or the teacher's lexicon). Outputs record it to notice a changed task."""
+        return {k: v for k, v in config_lib.to_dict(self).items()
+                if k in ("labels", "label_from", "questions", "answer")}
+
     def manifest(self) -> dict:
         """The manifest's ``task`` section (its labels and answer rule travel as ``labels`` and ``answer``)."""
         return {"name": self.name, "description": self.description, "tags": list(self.tags)}

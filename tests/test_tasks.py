@@ -169,6 +169,10 @@ def test_imports_take_the_task_labels_and_its_aliases(tmp_path):
     assert set(report["splits"]["train"]) == {"happy", "sad", "surprise", "angry"}
     records = read_split(tmp_path / "out", "train", task="facial_expression").records
     assert {r.label for r in records} == {"happy", "sad", "surprise", "angry"}
+    from factory.errors import DataError
+
+    with pytest.raises(DataError, match="imported for task 'facial_expression'"):  # not cut to shared classes
+        read_split(tmp_path / "out", "train", strict=False)
     with pytest.raises(Exception, match="not one of"):  # EmoSet's emotions do not include "angry"
         import_dataset(ImportConfig(path=str(src), out=str(tmp_path / "emo")))
 

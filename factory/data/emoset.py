@@ -225,6 +225,21 @@ def _read_annotation(path: Path, emotion: str) -> dict | None:
     return {k: ann[k] for k in ATTRIBUTES if ann.get(k) is not None}
 
 
+def _check_import_task(root: Path, task: Task) -> None:
+    """An imported folder (``svlm data import --task``) records its task; reading it for another one would
+    quietly keep only the classes both share."""
+    report = root / "import_report.json"
+    if not report.is_file():
+        return
+    try:
+        imported = json.loads(report.read_text()).get("task", "emoset")
+    except (ValueError, AttributeError):
+        return  # a damaged report says nothing; the labels are still checked entry by entry
+    if imported != task.name:
+        raise DataError(f"{root} was imported for task {imported!r}, not {task.name!r}; read it with "
+                        f"task={imported} (or import it again with --task {task.name})")
+
+
 def read_split(root: str | Path, split: str, *, task: str | Task | None = None, strict: bool = True,
                check_images: ImageCheck = "decode", workers: int = 8, progress: bool = False) -> SplitResult:
     """Read one split of an EmoSet-layout dataset for ``task`` (default: EmoSet's emotions).
@@ -243,6 +258,7 @@ def read_split(root: str | Path, split: str, *, task: str | Task | None = None, 
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
     task = load_task(task)
+    _check_import_task(root, task)
     entries = _read_split_file(root, split)
     result = SplitResult(split=split, records=[], task=task.name, labels=tuple(task.labels))
     seen: set[str] = set()

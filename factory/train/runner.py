@@ -151,11 +151,6 @@ def plan(cfg: TrainConfig, names: list[str]) -> dict[str, StageConfig]:
     return stages
 
 
-def _task_identity(task) -> dict:
-    """The parts of a task that change what a stage learns (not its description or the teacher's lexicon)."""
-    return {k: v for k, v in config_lib.to_dict(task).items() if k in ("labels", "label_from", "questions", "answer")}
-
-
 def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path, cot_dir: Path) -> dict:
     """What a stage's adapter depends on: its resolved stage config, the task, the shared training knobs, the
     model config and base, the data and CoT folders, and the parent's adapter by content (a retrained parent
@@ -164,7 +159,7 @@ def _made_from(cfg: TrainConfig, stage: StageConfig, base: str, data_root: Path,
 
     layout = cfg.layout
     parent = layout.stage(stage.parent) / ADAPTER if stage.parent else None
-    return {"stage": config_lib.to_dict(stage), "task": _task_identity(load_task(cfg.task)),
+    return {"stage": config_lib.to_dict(stage), "task": load_task(cfg.task).identity(),
             "train": {k: config_lib.to_dict(cfg.train)[k] for k in ("quantization", "seed", "lora")},
             "model": config_lib.to_dict(cfg.model), "base": layout.relative(base),
             "data": layout.relative(data_root), "cot": layout.relative(cot_dir),
@@ -196,7 +191,7 @@ def _reusable(name: str, out: Path, made_from: dict, overwrite: bool) -> bool:
     if "task" not in recorded:  # stages trained before tasks existed learned EmoSet's
         from factory.tasks import load_task
 
-        recorded = {**recorded, "task": _task_identity(load_task("emoset"))}
+        recorded = {**recorded, "task": load_task().identity()}
     diff = changes(recorded, made_from)
     if not diff:
         return (out / DONE).is_file()
