@@ -339,6 +339,13 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
     return manifest
 
 
+def answer_shape(m: dict) -> str:
+    """The answer a package's model writes, in its manifest's tags (a card shows it)."""
+    (t_open, t_close), (a_open, a_close) = m["answer"].get("think", ("<think>", "</think>")), \
+        m["answer"].get("answer", ("<answer>", "</answer>"))
+    return f"{t_open}…{t_close}{a_open}label{a_close}"
+
+
 def _model_card(m: dict) -> str:
     from factory.cards import front_matter
 
@@ -350,7 +357,7 @@ def _model_card(m: dict) -> str:
     return meta + f"""# SVLM Factory export: {m['family']} · {m['quantization']['name']}
 
 Task `{m['task']['name']}`: {m['task']['description']} With reasoning: the model answers
-`<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
+`{answer_shape(m)}`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
 Run it with onnxruntime alone (no torch). The runtime, `svlm-runtime`, is not on PyPI: install it from a
 checkout of the SVLM Factory repository, then point it at this folder:

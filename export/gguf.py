@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from export.build import (ExportError, log, merge, prompt_ids, source_task, token_ids, torch_reference,
-                          validation_images)
+from export.build import (ExportError, answer_shape, log, merge, prompt_ids, source_task, token_ids,
+                          torch_reference, validation_images)
 from export.compare import agreement_text, first_divergence, until_eos
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -410,7 +410,7 @@ quantization: {q}
 # SVLM Factory export: {m['family']} · {q} (GGUF)
 
 Task `{m['task']['name']}`: {m['task']['description']} With reasoning: the model answers
-`<think>…</think><answer>label</answer>`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
+`{answer_shape(m)}`. Source: {src.get('run', src.get('model'))} stage {src.get('stage', '-')}.
 
 Files: `{MODEL}` (text model, {m['quantization']['text']}, tokenizer and chat template embedded) and `{MMPROJ}`
 (vision encoder + projector, F16). Image policy the model was trained with: {policy}
@@ -426,8 +426,8 @@ llama-mtmd-cli -m {MODEL} --mmproj {MMPROJ} --image photo.jpg --temp 0 -n 160{bo
 ## Ollama
 
 ```bash
-ollama create svlm-emotion -f Modelfile     # this folder's Modelfile: both files, greedy decoding
-ollama run svlm-emotion "{m['prompt']['question']} ./photo.jpg"
+ollama create svlm-{m['task']['name'].replace('_', '-')} -f Modelfile     # this folder's Modelfile: both files, greedy decoding
+ollama run svlm-{m['task']['name'].replace('_', '-')} "{m['prompt']['question']} ./photo.jpg"
 ```
 
 Ollama sizes images itself and its image-token budget is not set by the Modelfile; Ollama was not run here
