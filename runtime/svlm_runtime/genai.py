@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from svlm_runtime.answer_format import AnswerFormat
-from svlm_runtime.package import Generation, PackageError, sha256
+from svlm_runtime.package import Generation, PackageError, check_files, is_layout, load_manifest
 
 MANIFEST = "svlm_manifest.json"
 LAYOUT = "genai"
@@ -27,25 +27,19 @@ LAYOUT = "genai"
 
 def is_genai_package(path: str | Path) -> bool:
     """Whether ``path`` holds a GenAI package's manifest (cheap: reads one JSON file)."""
-    mf = Path(path) / MANIFEST
-    try:
-        return mf.is_file() and json.loads(mf.read_text()).get("layout") == LAYOUT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return is_layout(path, LAYOUT, MANIFEST)
 
 
 def read_genai_manifest(path: str | Path, verify: bool = True) -> dict:
-    """The manifest, every listed file present with its size and (``verify``) its sha256."""
+    """The manifest, checked as every layout's is (``package.check_files``): every listed file a bare name,
+    present with its size and (``verify``) its sha256, and an answer format this runtime applies."""
     root = Path(path)
-    if not is_genai_package(root):
+    mf, manifest = load_manifest(root, MANIFEST)
+    if manifest.get("layout") != LAYOUT:
         raise PackageError(f"{root} is not a GenAI package ({MANIFEST} with layout {LAYOUT!r} is missing)")
-    manifest = json.loads((root / MANIFEST).read_text())
-    for name, info in manifest.get("files", {}).items():
-        f = root / name
-        if Path(name).name != name or not f.is_file():
-            raise PackageError(f"{root} is incomplete: {name} is missing")
-        if f.stat().st_size != info["bytes"] or (verify and sha256(f) != info["sha256"]):
-            raise PackageError(f"{root}: {name} does not match the manifest (truncated, damaged or altered)")
+    if not isinstance(manifest.get("files"), dict):
+        raise PackageError(f"{mf} lacks files")
+    check_files(root, mf, manifest, verify)
     return manifest
 
 

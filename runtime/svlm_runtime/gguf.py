@@ -19,7 +19,6 @@ Optional dependency: ``pip install llama-cpp-python`` (``svlm-runtime[gguf]``).
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import threading
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from svlm_runtime.answer_format import AnswerFormat
-from svlm_runtime.package import MANIFEST, Generation, PackageError, check_files, load_manifest
+from svlm_runtime.package import Generation, PackageError, check_files, is_layout, load_manifest
 
 LAYOUT = "gguf"
 FORMAT_VERSION = 1
@@ -39,11 +38,7 @@ REQUIRED = ("layout", "format_version", "model", "mmproj", "files", "prompt", "i
 
 def is_gguf_package(path: str | Path) -> bool:
     """Whether ``path`` holds a GGUF package's manifest (cheap: reads one JSON file)."""
-    mf = Path(path) / MANIFEST
-    try:
-        return mf.is_file() and json.loads(mf.read_text()).get("layout") == LAYOUT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return is_layout(path, LAYOUT)
 
 
 def read_gguf_manifest(path: str | Path, verify: bool = True) -> dict:

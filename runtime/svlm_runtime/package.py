@@ -119,12 +119,22 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict:
     return manifest
 
 
-def load_manifest(root: Path) -> tuple[Path, dict]:
-    """``(path, parsed JSON object)`` of a package folder's manifest, whatever its layout; unchecked beyond
-    being a readable JSON object (each layout's reader checks the rest)."""
-    mf = root / MANIFEST
+def is_layout(path: str | Path, layout: str, name: str = MANIFEST) -> bool:
+    """Whether ``path`` holds a manifest ``name`` of ``layout`` (cheap: reads one JSON file); how the package
+    loaders tell GGUF and GenAI folders from this runtime's own."""
+    mf = Path(path) / name
+    try:
+        return mf.is_file() and json.loads(mf.read_text()).get("layout") == layout
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_manifest(root: Path, name: str = MANIFEST) -> tuple[Path, dict]:
+    """``(path, parsed JSON object)`` of a package folder's manifest ``name``, whatever its layout; unchecked
+    beyond being a readable JSON object (each layout's reader checks the rest)."""
+    mf = root / name
     if not mf.is_file():
-        raise PackageError(f"{root} is not a package: {MANIFEST} is missing")
+        raise PackageError(f"{root} is not a package: {name} is missing")
     try:
         manifest = json.loads(mf.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
