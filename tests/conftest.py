@@ -206,6 +206,20 @@ def cot_rows(records, think: str) -> list[dict]:
              "completion": build_messages("cot", format_answer(r.emotion, think))[1:]} for r in records]
 
 
+def label_baseline_run(source, synth_root, runs, name: str):
+    """A run ``runs/name`` whose stage 0_baseline is ``train_label_adapter``'s adapter on ``source``, evaluated
+    and written by ``svlm train`` like any stage (its "adapter trained, not evaluated" path)."""
+    from factory import config as config_lib
+    from factory.train.runner import TrainConfig, train
+
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(runs), "name": name, "data": str(synth_root),
+        "model": {"source": str(source)}, "eval": {"limit": 4, "max_new_tokens": 12}})
+    train_label_adapter(str(source), synth_root, cfg.run_dir / "0_baseline" / "adapter")
+    train(cfg, ["0_baseline"], progress=False)
+    return cfg.run_dir
+
+
 @pytest.fixture(scope="session")
 def baseline_run(tmp_path_factory, synth_root, tiny_dirs):
     """A tiny real-tokenizer InternVL whose label-only baseline answers <answer>label</answer>, peaked and
@@ -214,15 +228,7 @@ def baseline_run(tmp_path_factory, synth_root, tiny_dirs):
     The adapter comes from ``train_label_adapter``; ``svlm train`` then finds it, evaluates it and writes the
     stage like any other (its "adapter trained, not evaluated" path). The stage runners are tested on their
     own in test_train.py."""
-    from factory import config as config_lib
-    from factory.train.runner import TrainConfig, train
-
-    cfg = config_lib.build(TrainConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "b", "data": str(synth_root),
-        "model": {"source": str(tiny_dirs("internvl"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
-    train_label_adapter(str(tiny_dirs("internvl")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
-    train(cfg, ["0_baseline"], progress=False)
-    return cfg.run_dir
+    return label_baseline_run(tiny_dirs("internvl"), synth_root, tmp_path_factory.mktemp("runs"), "b")
 
 
 @pytest.fixture(scope="session")

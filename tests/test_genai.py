@@ -129,16 +129,9 @@ def test_genai_fp32_matches_pytorch_at_every_image_size(genai_packages, tiny_dir
 def qwen25_baseline_run(tmp_path_factory, synth_root, tiny_dirs):
     """A tiny real-tokenizer Qwen2.5-VL whose label-only baseline answers <answer>label</answer> from the image
     (conftest's ``train_label_adapter``; ``svlm train`` then evaluates it as stage 0_baseline)."""
-    from conftest import train_label_adapter
-    from factory import config as config_lib
-    from factory.train.runner import TrainConfig, train
+    from conftest import label_baseline_run
 
-    cfg = config_lib.build(TrainConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("runs")), "name": "q", "data": str(synth_root),
-        "model": {"source": str(tiny_dirs("qwen2_5_vl"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
-    train_label_adapter(str(tiny_dirs("qwen2_5_vl")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
-    train(cfg, ["0_baseline"], progress=False)
-    return cfg.run_dir
+    return label_baseline_run(tiny_dirs("qwen2_5_vl"), synth_root, tmp_path_factory.mktemp("runs"), "q")
 
 
 @pytest.fixture(scope="module")
