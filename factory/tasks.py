@@ -26,10 +26,10 @@ from factory.errors import ConfigError
 
 DEFAULT_TASK = "emoset"
 TASK_FILENAME = "task.yaml"  # the resolved task, beside every stage's adapter
-#: EmoSet's annotation attributes (its info.json); a task's label may come from one of them.
-ATTRIBUTES = ("brightness", "colorfulness", "scene", "object", "facial_expression", "human_action")
 SCALES = ("brightness", "colorfulness")  # numeric attributes in [0, 1]
 CATEGORIES = ("scene", "object", "facial_expression", "human_action")
+#: EmoSet's annotation attributes (its info.json); a task's label may come from one of them.
+ATTRIBUTES = SCALES + CATEGORIES
 LABEL_ATTRIBUTES = ("scene", "facial_expression", "human_action")  # one value per image ("object" is a list)
 # Shipped tasks are package data; the repository's configs/tasks spells them out (a test keeps them equal) and is
 # where `svlm tasks --new` writes a project's own tasks.
