@@ -179,13 +179,15 @@ def test_imports_take_the_task_labels_and_its_aliases(tmp_path):
 
 @pytest.mark.slow
 def test_svlm_run_trains_exports_and_scores_the_second_task(tmp_path, capsys):
-    """The whole chain on facial_expression: every step must carry the task (EmoSet's labels anywhere fail)."""
+    """The whole chain on facial_expression with the family's real tokenizer (``<answer>`` is three tokens; the
+    aliases and labels are scored as real token sequences): every step must carry the task (EmoSet's labels
+    anywhere fail)."""
     from PIL import Image
 
     from factory.cli import main
     from svlm_runtime.package import Package
 
-    argv = ["run", "--output-dir", str(tmp_path), "--name", "faces", "task=facial_expression", "model.size=tiny",
+    argv = ["run", "--output-dir", str(tmp_path), "--name", "faces", "task=facial_expression", "model.tokenizer=real", "model.size=tiny",
             "data.synth.n=160", "data.synth.image_size=48", "data.synth.face_prob=0.9", "eval.limit=6",
             "eval.max_new_tokens=8", "train.stages.0_baseline.max_steps=2", "train.stages.1_sft.max_steps=2",
             *short_grpo("2_grpo_format", 1), *short_grpo("3_grpo_accuracy", 1), *short_grpo("4_clgrpo", 1),
