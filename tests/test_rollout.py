@@ -111,7 +111,7 @@ def test_rows_that_cannot_be_told_apart_are_not_split():
 def test_chunks_that_stop_early_are_padded():
     """Chunks of different lengths come back as one tensor, the short ones padded with the pad token."""
     copy = RolloutCopy.__new__(RolloutCopy)
-    copy.batch_size = 2
+    copy.batch_size, copy.decoder = 2, None
     outs = iter([torch.ones(2, 5, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)])
 
     class Model:
@@ -204,6 +204,41 @@ def test_grpo_stage_with_dense_rollouts_trains_and_refreshes(tmp_path, synth_roo
     assert refreshes[0] is None and refreshes[1:] == [1, 2]
     # one copy, and every one of the 3 rollouts (one per optimizer step here) generated on it
     assert len(copies) == 1 and generations[0] == [8, 8, 8]
+
+
+def test_grpo_stage_with_the_fused_sampler_decodes_every_rollout_with_it(tmp_path, synth_root, cot_dir,
+                                                                         small_tiny_dirs, monkeypatch):
+    """``rollout_sampler: fused``: each rollout's tokens after the first come from the fused step (on the copy,
+    refreshed as with generate), with trl's generation config (its suppressed image token included)."""
+    from factory import config as config_lib
+    from factory.train import decode
+    from factory.train.runner import TrainConfig, train
+
+    refreshes, copies, generations = _spy_rollout_copies(monkeypatch)
+    steps, real_step = [], decode._step
+    monkeypatch.setattr(decode, "_step", lambda state, fixed: (steps.append(fixed["warpers"]),
+                                                                real_step(state, fixed))[1])
+    small = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "batch_size": 4}
+    grpo = {**small, "num_generations": 2, "max_completion_length": 8, "rollout": "dense",
+            "rollout_sampler": "fused", "rewards": ["format", "varied"]}
+    cfg = config_lib.build(TrainConfig, {
+        "output_dir": str(tmp_path), "name": "f", "data": str(synth_root), "cot": str(cot_dir),
+        "model": {"source": str(small_tiny_dirs("internvl"))}, "eval": {"limit": 2, "max_new_tokens": 4},
+        "train": {"lora": {"r": 4, "alpha": 8}, "stages": {"1_sft": {**small, "max_steps": 1}, "2_grpo_format": grpo}}})
+    train(cfg, ["1_sft", "2_grpo_format"], progress=False)
+    assert len(copies) == 1 and copies[0].decoder is not None and refreshes == [None, 1]
+    # two rollouts of 8 tokens: generate ran each prefill (and first token), the fused step the other 7
+    assert generations[0] == [8, 8] and len(steps) == 14
+    assert any(type(w).__name__ == "SuppressTokensLogitsProcessor" for w in steps[0])
+
+
+def test_the_fused_sampler_needs_the_dense_copy():
+    from factory.errors import ConfigError
+    from factory.train.stages import resolve_stage
+
+    with pytest.raises(ConfigError, match="rollout_sampler: fused"):
+        resolve_stage("2_grpo_format", {"rollout": "trl", "rollout_sampler": "fused"})
+    assert resolve_stage("2_grpo_format", {"rollout_sampler": "fused"}).rollout_sampler == "fused"
 
 
 @pytest.mark.parametrize("rollout_knob,on_cuda,dense", [
@@ -342,7 +377,7 @@ def test_grpo_rollouts_with_a_static_cache_refresh_once_per_optimizer_step(tmp_p
     train(cfg, ["1_sft", "2_grpo_format"], progress=False)
     trainer = trainers[0]
     assert type(trainer).__name__ == "FastRolloutGRPOTrainer"
-    assert trainer.rollout_options == {"static_cache": True, "batch_size": None}
+    assert trainer.rollout_options == {"static_cache": True, "batch_size": None, "sampler": "generate"}
     # one copy; 2 optimizer steps × 2 rollouts, all on the copy; refreshed at its build (None) and once after
     # each optimizer step that a rollout followed (step 1), not again for a step's second rollout
     assert len(copies) == 1 and generations[0] == [6, 6, 6, 6]

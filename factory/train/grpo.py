@@ -84,7 +84,8 @@ def build_grpo_trainer(ctx: StageContext):
         check_supported(model)  # before training starts, not at the first rollout
         trainer_cls = fast_grpo_trainer_class()
         trainer_cls.rollout_options = {"static_cache": ctx.stage.rollout_static_cache and cuda(),
-                                       "batch_size": ctx.stage.rollout_batch_size}
+                                       "batch_size": ctx.stage.rollout_batch_size,
+                                       "sampler": ctx.stage.rollout_sampler}
     trainer = trainer_cls(model=model, reward_funcs=get_rewards(ctx.stage.rewards, ctx.task), args=args,
                           train_dataset=dataset, eval_dataset=validation_dataset(ctx) if ctx.stage.eval_steps else None,
                           processing_class=processor, callbacks=callbacks(ctx))

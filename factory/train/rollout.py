@@ -92,7 +92,7 @@ class RolloutCopy:
     """A dense copy of a PEFT policy (base + merged LoRA), kept in sync with ``refresh``."""
 
     def __init__(self, peft_model, dtype: torch.dtype | None = None, static_cache: bool = False,
-                 compile: bool = False, batch_size: int | None = None):
+                 batch_size: int | None = None, sampler: str = "generate"):
         from peft.tuners.lora import LoraLayer
 
         check_supported(peft_model)
@@ -140,8 +140,16 @@ class RolloutCopy:
         if static_cache:
             copy.generation_config.cache_implementation = "static"
         self.model = copy
-        self.compile = compile
         self.batch_size = batch_size
+        self.decoder = None
+        if sampler == "fused":
+            from factory.train.decode import FusedDecoder
+
+            # on CUDA each token is one CUDA-graph replay; on a CPU the same step runs eagerly
+            options = {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False} if device.type == "cuda" else None
+            self.decoder = FusedDecoder(copy, compile=options)
+        elif sampler != "generate":
+            raise ValueError(f"rollout sampler {sampler!r}: want generate or fused")
         self.step: int | None = None
         self.refresh(peft_model)
 
@@ -165,9 +173,10 @@ class RolloutCopy:
         split by sequence); chunks that stop early are padded to the longest with the pad token."""
         rows = inputs["input_ids"].shape[0]
         chunks = split_rows(inputs, rows, self.batch_size) if self.batch_size and self.batch_size < rows else None
+        decode = self.decoder.generate if self.decoder is not None else self.model.generate
         if chunks is None:
-            return self.model.generate(**inputs)
-        outs = [self.model.generate(**chunk) for chunk in chunks]
+            return decode(**inputs)
+        outs = [decode(**chunk) for chunk in chunks]
         width = max(o.shape[1] for o in outs)
         config = inputs.get("generation_config") or self.model.generation_config
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id

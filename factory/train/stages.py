@@ -78,6 +78,10 @@ class StageConfig:
     # dense rollouts: sequences generated at once (None: the whole generation batch). Caps the KV cache: a
     # 2B shape at 16 prompts × G=8 × 1024 tokens holds ~4.8 GB of static cache in one batch.
     rollout_batch_size: int | None = None
+    # dense rollouts' decoding loop: "generate" (transformers', which compiles the forward only) or "fused" (one
+    # compiled step per token holding the forward, the sampler and the stop bookkeeping; factory/train/decode.py).
+    # Same distribution; fused has no host round trip per token. Its GPU speed is measured by benchmarks/train_gpu.py.
+    rollout_sampler: Literal["generate", "fused"] = "generate"
     # validation during GRPO: every eval_steps optimizer steps, one completion for each of eval_images val images,
     # sampled at the stage's temperature; logged as eval_rewards/<reward>/mean (format rate, accuracy).
     # None: the stage is evaluated once, when it ends (greedy, eval.limit images)
@@ -122,6 +126,8 @@ class StageConfig:
         if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
             raise ConfigError(f"rollout_batch_size must be ≥ 1 (or null: the whole generation batch), got "
                               f"{self.rollout_batch_size}")
+        if self.rollout_sampler == "fused" and self.rollout == "trl":
+            raise ConfigError("rollout_sampler: fused decodes on the dense copy; it needs rollout: dense or auto")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("set max_steps > 0 or epochs > 0")
 

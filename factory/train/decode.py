@@ -1,0 +1,227 @@
+"""Fused decoding for dense rollouts: one compiled step per token that runs the model, the sampler and the
+end-of-sequence bookkeeping, with no host round trip between tokens.
+
+Why hand-written: ``generate`` compiles only the model's forward. Around it, every token runs eager Python
+(input preparation, logits processors, ``torch.multinomial``, which CUDA graphs cannot hold, stopping checks
+and a growing ``torch.cat``), which at rollout batch sizes costs more than the forward itself. transformers'
+continuous batching takes no images, and vLLM is not a safe default with images + QLoRA (DESIGN.md §3).
+
+What is not hand-written: the prompt. ``generate`` runs the prefill (vision tower, the family's position ids,
+its static cache) and samples the first token; a forward pre-hook takes the inputs it prepares for the first
+decode step and stops it there. Each later step feeds the model those inputs advanced by one position, so
+whatever a family adds (Qwen2-VL's 3-D rope positions, its token types) comes from the family's own code,
+whatever the transformers version. The logits processors are transformers' own classes; sampling is the
+exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), which draws from ``p`` exactly, like ``multinomial``.
+
+Only options the step can reproduce are accepted (:data:`SUPPORTED`); any other set in the generation config
+raises :class:`UnsupportedGeneration` rather than sampling from another distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: generation-config fields the fused step honours; any other field that differs from its default is refused
+SUPPORTED = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "suppress_tokens",
+             "min_new_tokens", "pad_token_id", "eos_token_id", "bos_token_id", "cache_implementation",
+             "disable_compile", "compile_config", "use_cache", "max_length", "repetition_penalty",
+             "transformers_version", "_from_model_config", "return_dict_in_generate"}
+
+
+class UnsupportedGeneration(ValueError):
+    """A generation option the fused step cannot reproduce."""
+
+
+class _FirstDecodeStep(Exception):
+    """Raised by the capture hook to leave ``generate`` once it has prepared the first decode step."""
+
+
+def _resolved_config(model, generation_config):
+    """The config ``generate`` itself decodes with (the call's, then the model's, then the library defaults:
+    transformers' own resolution), checked for options the step cannot reproduce."""
+    from transformers import GenerationConfig
+
+    config, _ = model._prepare_generation_config(generation_config)
+    # the library's defaults: a value left at its default switches nothing on (num_beams 1, typical_p 1.0, ...)
+    defaults = {**GenerationConfig().to_dict(), **GenerationConfig._get_default_generation_params()}
+    odd = sorted(k for k, v in config.to_dict().items()
+                 if k not in SUPPORTED and k in defaults and v not in (None, False, [], {}) and v != defaults[k])
+    if config.repetition_penalty not in (None, 1.0):
+        odd.append("repetition_penalty")
+    if odd:
+        raise UnsupportedGeneration(f"fused decoding does not support {', '.join(odd)}; use rollout_sampler: "
+                                    "generate")
+    if config.max_new_tokens is None:
+        raise UnsupportedGeneration("fused decoding needs max_new_tokens")
+    return config
+
+
+def _warpers(config, vocab: int, device):
+    """transformers' own processors for the options in the config, in the order ``generate`` applies them."""
+    from transformers.generation.logits_process import (MinPLogitsWarper, SuppressTokensLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    out = []
+    if config.suppress_tokens:
+        out.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+    if config.do_sample:
+        if config.temperature is not None and config.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            out.append(TopKLogitsWarper(top_k=min(config.top_k, vocab)))
+        if config.top_p is not None and config.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=config.top_p))
+        if config.min_p is not None:
+            out.append(MinPLogitsWarper(min_p=config.min_p))
+    return out
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+class FusedDecoder:
+    """``generate`` for a decoder-only (vision-)language model: prefill by ``generate``, then a compiled
+    per-token step. ``compile``: ``None`` (eager), or ``torch.compile`` options (on CUDA, ``mode:
+    reduce-overhead`` turns each step into one CUDA-graph replay). ``check_every``: tokens between the host
+    checks of whether every sequence has ended (each check is one device sync)."""
+
+    def __init__(self, model, compile: dict | None = None, check_every: int = 16):
+        self.model = model
+        self.compile = compile
+        self.check_every = check_every
+        self._step = None
+        self._buffers: tuple | None = None
+
+    def _capture(self, inputs: dict, config) -> tuple[torch.Tensor, dict | None]:
+        """Run ``generate`` up to the first decode step: the prompt and first token, and the step's inputs
+        (None when ``generate`` ended before it)."""
+        captured: dict = {}
+
+        def hook(module, args, kwargs):
+            if captured.get("calls", 0) == 1:  # the prefill was call 0
+                captured["kwargs"] = dict(kwargs)
+                raise _FirstDecodeStep
+            captured["calls"] = captured.get("calls", 0) + 1
+
+        # eager (the hook must run outside a compiled graph), with a static cache the step can write in place
+        prefill_config = config.__class__(**{**config.to_dict(), "disable_compile": True,
+                                             "cache_implementation": "static"})
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            sequences = self.model.generate(**inputs, generation_config=prefill_config)
+            return sequences, None
+        except _FirstDecodeStep:
+            return None, captured["kwargs"]
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def generate(self, generation_config=None, **inputs) -> torch.Tensor:
+        """Prompt + completion ids, ``[rows, prompt + longest completion]``; ended rows padded."""
+        config = _resolved_config(self.model, generation_config)
+        sequences, step_inputs = self._capture(inputs, config)
+        if step_inputs is None:  # generate finished on its own (one token, or every row ended at once)
+            return sequences
+        first = step_inputs.pop("input_ids")
+        if first.ndim != 2 or first.shape[1] != 1:
+            raise UnsupportedGeneration(f"fused decoding expects one token per decode step, got {tuple(first.shape)}")
+        prompt_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        rows, prompt = prompt_ids.shape
+        new = config.max_new_tokens
+        device = first.device
+        if mask is None:
+            mask = torch.ones_like(prompt_ids)
+        state = {
+            "tokens": first.clone(),
+            # the full-length padding mask: a step's own causal mask hides the positions not yet written
+            "attention_mask": torch.cat([mask, mask.new_ones(rows, new)], 1),
+            "position_ids": step_inputs.pop("position_ids", None),
+            "cache_position": step_inputs.pop("cache_position", None),
+            "index": torch.zeros((), dtype=torch.long, device=device),  # tokens written to ``out``
+            "out": torch.empty(rows, new - 1, dtype=torch.long, device=device),
+        }
+        step_inputs.pop("attention_mask", None)
+        eos = torch.tensor(_ids(config.eos_token_id), dtype=torch.long, device=device)
+        pad_ids = _ids(config.pad_token_id) or _ids(config.eos_token_id) or [0]
+        state["alive"] = ~torch.isin(first[:, 0], eos)
+        state["length"] = torch.zeros(rows, dtype=torch.long, device=device)  # tokens after the first, EOS included
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        fixed = {"model": self.model, "inputs": step_inputs, "warpers": _warpers(config, vocab, device), "eos": eos,
+                 "pad": torch.tensor(pad_ids[0], dtype=torch.long, device=device), "sample": bool(config.do_sample),
+                 # generate's MinNewTokens rule: EOS is barred while fewer than min_new_tokens tokens are out
+                 "min_new": int(config.min_new_tokens or 0),
+                 "eos_mask": torch.isin(torch.arange(vocab, device=device), eos)}
+        state = self._persistent(state)
+        step = self._compiled()
+        for done in range(new - 1):
+            if done % self.check_every == 0 and not bool(state["alive"].any()):
+                break
+            step(state, fixed)
+        width = 1 + int(state["length"].max())
+        return torch.cat([prompt_ids, first, state["out"][:, :width - 1]], 1)
+
+    def _persistent(self, state: dict) -> dict:
+        """The step's state in buffers kept from call to call while the shapes stay: a CUDA graph replays on
+        fixed addresses, so new tensors each call would cost a new capture. One set is kept (the rollout's
+        chunks share one shape)."""
+        key = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in state.items() if v is not None)
+        if self._buffers is not None and self._buffers[0] == key:
+            kept = self._buffers[1]
+            for name, value in state.items():
+                if value is not None:
+                    kept[name].copy_(value)
+            return kept
+        kept = {k: (v.clone() if v is not None else None) for k, v in state.items()}
+        for value in kept.values():
+            if value is not None and value.device.type == "cuda":
+                torch._dynamo.mark_static_address(value)
+        self._buffers = (key, kept)
+        return kept
+
+    def _compiled(self):
+        if self._step is None:
+            self._step = torch.compile(_step, **self.compile) if self.compile else _step
+        return self._step
+
+
+def _scores(state: dict, fixed: dict) -> torch.Tensor:
+    """The processed next-token scores of every row: the model on ``tokens``, then generate's rules."""
+    model_inputs = dict(fixed["inputs"])
+    model_inputs.update(input_ids=state["tokens"], attention_mask=state["attention_mask"])
+    for key in ("position_ids", "cache_position"):
+        if state[key] is not None:
+            model_inputs[key] = state[key]
+    scores = fixed["model"](**model_inputs).logits[:, -1, :].float()
+    if fixed["min_new"]:  # this step chooses new token number index + 2 (the first came from generate)
+        barred = state["index"] + 2 <= fixed["min_new"]
+        scores = torch.where(barred & fixed["eos_mask"], float("-inf"), scores)
+    for warper in fixed["warpers"]:
+        scores = warper(None, scores)
+    return scores
+
+
+def choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:
+    """A token per row: the argmax, or a draw from ``softmax(scores)`` by the exponential race (``argmax p/E``
+    with ``E ~ Exp(1)`` picks token i with probability p_i), which CUDA graphs hold and ``multinomial`` not."""
+    if not sample:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, -1)
+    race = -torch.log(torch.rand_like(probs).clamp_min(1e-30))
+    return (probs / race).argmax(-1)
+
+
+def _step(state: dict, fixed: dict) -> None:
+    """One token for every row, in place: feed ``tokens``, choose the next, note which rows ended."""
+    alive = state["alive"]
+    chosen = torch.where(alive, choose(_scores(state, fixed), fixed["sample"]), fixed["pad"])
+    state["length"].add_(alive.long())
+    state["alive"].copy_(alive & ~torch.isin(chosen, fixed["eos"]))
+    state["out"].index_copy_(1, state["index"].view(1), chosen[:, None])
+    state["index"].add_(1)
+    state["tokens"].copy_(chosen[:, None])
+    for key in ("position_ids", "cache_position"):
+        if state[key] is not None:
+            state[key].add_(1)
