@@ -1,6 +1,7 @@
 """GPU training benchmark: a whole GRPO step at real batch sizes, plain trl 1.16 (QLoRA, rollouts on the
 nf4 training model) against ours (``rollout: dense``: a bf16 copy of the policy with a static, compiled KV
-cache), on real-size shapes with random weights and the real tokenizer (151k vocabulary).
+cache, decoded by ``generate`` or, path ``fused``, by the fused step of ``factory/train/decode.py``), on
+real-size shapes with random weights and the real tokenizer (151k vocabulary).
 
 Per case (shape × path × prompts per optimizer step × completion length, G = 8): stage 4 (ClipLow, μ = 2,
 so one generation serves two optimizer steps) at its real batching, one warm-up generation cycle (it holds
@@ -14,9 +15,11 @@ the SFT stage.
     python -m benchmarks.train_gpu                         # the whole matrix (long: trl rollouts are slow)
     python -m benchmarks.train_gpu --cases internvl3-1b-shape:dense:8x512 --steady 5
     python -m benchmarks.train_gpu --budget-s 420          # stops starting new work after 420 s
+    python -m benchmarks.train_gpu --cases internvl3-1b-shape:fused:8x512:gc=0,internvl3-1b-shape:trl:8x512:st=0
 
-A case is ``SHAPE:PATH:PROMPTSxTOKENS`` with optional ``:mb=N`` (completions per device step; default 16),
-``:rb=N`` (dense: sequences generated at once, ``rollout_batch_size``) and ``:st=N`` (steady cycles, default
+A case is ``SHAPE:PATH:PROMPTSxTOKENS`` (PATH: ``trl``, ``dense`` or ``fused``) with optional ``:mb=N``
+(completions per device step; default 16), ``:rb=N`` (dense/fused: sequences generated at once,
+``rollout_batch_size``), ``:gc=0|1`` (gradient checkpointing; default on, as on CUDA) and ``:st=N`` (steady cycles, default
 ``--steady``; ``st=0`` measures the first cycle only, fair for plain trl, which compiles nothing). A random model never writes
 EOS, so every completion runs to its full length: the worst case, the same work for both paths.
 Rows are written to ``train_gpu_partial.json`` as they finish; the result to ``train_gpu.json``.
@@ -35,26 +38,32 @@ from pathlib import Path
 #: the issue's targets, each checked in the result (``targets``)
 TARGETS = {"generation_step_speedup": 30.0, "whole_step_speedup": 10.0, "rollout_vs_generate_max_ratio": 1.5,
            "internvl3-1b-shape": 8.0, "internvl3-2b-shape": 12.0}
+#: trl: plain trl (rollouts on the nf4 model); dense: the bf16 copy decoded by generate; fused: the copy decoded by
+#: the fused step
+PATHS = {"trl": {"rollout": "trl"}, "dense": {"rollout": "dense", "rollout_sampler": "generate"},
+         "fused": {"rollout": "dense", "rollout_sampler": "fused"}}
 #: the cases the memory targets are stated for: every stage of the shape must fit at these settings
 MEMORY_SETTING = {"internvl3-1b-shape": (8, 512), "internvl3-2b-shape": (16, 1024)}
 
 
 def parse_case(spec: str) -> dict:
-    """``SHAPE:PATH:PxL[:mb=N][:rb=N]`` → a case dict.
+    """``SHAPE:PATH:PxL[:mb=N][:rb=N][:gc=0|1][:st=N]`` → a case dict.
 
     >>> parse_case("internvl3-2b-shape:dense:16x1024:mb=8:rb=64")["rollout_batch"]
     64
+    >>> parse_case("internvl3-1b-shape:fused:8x512:gc=0")["checkpointing"]
+    False
     """
     parts = spec.split(":")
-    if len(parts) < 3 or parts[1] not in ("trl", "dense") or "x" not in parts[2]:
-        raise SystemExit(f"bad case {spec!r}: want SHAPE:trl|dense:PROMPTSxTOKENS[:mb=N][:rb=N][:st=N]")
+    if len(parts) < 3 or parts[1] not in PATHS or "x" not in parts[2]:
+        raise SystemExit(f"bad case {spec!r}: want SHAPE:{'|'.join(PATHS)}:PROMPTSxTOKENS[:mb=N][:rb=N][:gc=0|1][:st=N]")
     prompts, tokens = (int(x) for x in parts[2].split("x"))
     opts = dict(p.split("=", 1) for p in parts[3:])
-    if set(opts) - {"mb", "rb", "st"}:
-        raise SystemExit(f"bad case {spec!r}: options are mb=N, rb=N, st=N")
+    if set(opts) - {"mb", "rb", "st", "gc"} or opts.get("gc", "1") not in ("0", "1"):
+        raise SystemExit(f"bad case {spec!r}: options are mb=N, rb=N, gc=0|1, st=N")
     return {"shape": parts[0], "path": parts[1], "prompts": prompts, "completion": tokens,
             "micro_batch": int(opts.get("mb", 16)), "rollout_batch": int(opts["rb"]) if "rb" in opts else None,
-            "steady": int(opts["st"]) if "st" in opts else None}
+            "checkpointing": opts.get("gc", "1") == "1", "steady": int(opts["st"]) if "st" in opts else None}
 
 
 class Clock:
@@ -144,10 +153,10 @@ def grpo_case(env: dict, case: dict, steady: int) -> dict:
     per_step = prompts * g
     cycles = 1 + steady
     stage = {"parent": None, "batch_size": mb, "grad_accum": per_step // mb, "num_generations": g,
-             "max_completion_length": case["completion"], "rollout": case["path"],
+             "max_completion_length": case["completion"], **PATHS[case["path"]],
              "rollout_batch_size": case["rollout_batch"], "max_steps": 2 * cycles,  # μ = 2
              "save_steps": 10_000, "logging_steps": 1}
-    ctx = env["context"](case["shape"], "4_clgrpo", stage)
+    ctx = env["context"](case["shape"], "4_clgrpo", stage, checkpointing=case["checkpointing"])
     clock = Clock()
     free_memory()
     trainer = grpo.build_grpo_trainer(ctx)
@@ -179,7 +188,7 @@ def grpo_case(env: dict, case: dict, steady: int) -> dict:
            "peak_training_gib": round(clock.train_peak, 2)}
     if rest:
         row["compile_s"] = round(warm["generation_s"] - statistics.median(c["generation_s"] for c in rest), 1)
-    if case["path"] == "dense" and env["reference_repeats"]:
+    if case["path"] != "trl" and env["reference_repeats"]:
         row["generate_reference"] = reference_generate(trainer, ctx, case, g, env["reference_repeats"])
     del trainer
     free_memory()
@@ -262,14 +271,16 @@ def fidelity(env: dict, shape: str, tokens: int) -> dict:
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
-    """trl vs dense for every setting measured both ways, and each dense case against plain ``generate``."""
+    """trl vs each of our cases (dense, fused) for every setting measured both ways, and each of ours against
+    plain ``generate`` on the same copy."""
     out = []
     key = lambda r: (r["shape"], r["prompts"], r["completion"])  # noqa: E731
     trl = {key(r): r for r in rows if r.get("path") == "trl" and r.get("generation_s")}
     for r in rows:
-        if r.get("path") != "dense" or not r.get("generation_s"):
+        if r.get("path") == "trl" or not r.get("generation_s"):
             continue
-        c = {"shape": r["shape"], "setting": f"{r['prompts']}x{r['completion']}"}
+        c = {"shape": r["shape"], "path": r["path"], "setting": f"{r['prompts']}x{r['completion']}"
+             + ("" if r.get("checkpointing", True) else " no-gc")}
         ref = r.get("generate_reference")
         if ref:
             c["rollout_vs_generate"] = round(ref["tokens_per_s"] / r["rollout_tokens_per_s"]["median"], 2)
@@ -285,7 +296,7 @@ def targets(rows: list[dict], memory: list[dict], comps: list[dict]) -> dict:
     """Each target of the issue: met or not, with the figure; absent when its figures were not measured."""
     met = {}
     for c in comps:
-        where = f"{c['shape']} {c['setting']}"
+        where = f"{c.get('path', 'dense')}, {c['shape']} {c['setting']}"
         if "generation_step_speedup" in c:
             met[f"generation step ≥ {TARGETS['generation_step_speedup']:g}x trl ({where})"] = [
                 c["generation_step_speedup"], c["generation_step_speedup"] >= TARGETS["generation_step_speedup"]]
@@ -295,7 +306,7 @@ def targets(rows: list[dict], memory: list[dict], comps: list[dict]) -> dict:
             met[f"rollout within {TARGETS['rollout_vs_generate_max_ratio']:g}x of generate ({where})"] = [
                 c["rollout_vs_generate"], c["rollout_vs_generate"] <= TARGETS["rollout_vs_generate_max_ratio"]]
     for shape, (prompts, tokens) in MEMORY_SETTING.items():
-        runs = [r for r in rows if r["shape"] == shape and r.get("path") == "dense"
+        runs = [r for r in rows if r["shape"] == shape and r.get("path") != "trl"
                 and (r["prompts"], r["completion"]) == (prompts, tokens)] + [m for m in memory if m["shape"] == shape]
         if runs:  # a run that failed (out of memory, say) misses the target
             peak = max(r.get("peak_gib", float("inf")) for r in runs)
@@ -305,10 +316,10 @@ def targets(rows: list[dict], memory: list[dict], comps: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", help="comma-separated SHAPE:PATH:PxL[:mb=N][:rb=N] (default: the matrix of "
+    parser.add_argument("--cases", help="comma-separated SHAPE:PATH:PxL[:mb=N][:rb=N][:gc=0|1][:st=N] (default: the matrix of "
                         "--shapes × --paths × --prompts × --completions)")
     parser.add_argument("--shapes", default="internvl3-1b-shape,internvl3-2b-shape")
-    parser.add_argument("--paths", default="trl,dense")
+    parser.add_argument("--paths", default="trl,dense,fused")
     parser.add_argument("--prompts", default="8,16", help="prompts per optimizer step")
     parser.add_argument("--completions", default="512,1024", help="completion lengths")
     parser.add_argument("--generations", type=int, default=8, help="G")
@@ -350,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     build(CotConfig(data=str(data), split="train", out=str(cot)), progress=False)
     bases: dict[str, str] = {}
 
-    def context(shape: str, name: str, stage: dict) -> StageContext:
+    def context(shape: str, name: str, stage: dict, checkpointing: bool | None = None) -> StageContext:
         import shutil
 
         cfg = TrainConfig(name=shape, output_dir=str(work), data=str(data), cot=str(cot),
                           model=ModelConfig(size=shape, tokenizer=args.tokenizer),
                           train=TrainOptions(quantization="nf4", lora=LoraSettings(r=16, alpha=32),
-                                             stages={name: stage}))
+                                             gradient_checkpointing=checkpointing, stages={name: stage}))
         if shape not in bases:
             t = time.time()
             bases[shape] = base_source(cfg)
@@ -406,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the order spends a short lease on what matters most: ours at the 1B setting, trl beside it, then 2B
     first = cases[0]["shape"]
-    cases.sort(key=lambda c: (c["shape"] != first, c["path"] != "dense"))
+    cases.sort(key=lambda c: (c["shape"] != first, c["path"] == "trl"))
     for shape in dict.fromkeys(c["shape"] for c in cases):
         for case in [c for c in cases if c["shape"] == shape]:
             if within_budget(f"case {case}"):
@@ -421,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     result = save("train_gpu.json" if cuda else "train_gpu_cpu_dryrun.json")
 
     print(f"\n{result['device']} | {result['setting']}")
-    print(f"{'shape':<19} {'path':<5} {'PxL':>8} {'mb/rb':>6} {'step s':>7} {'gen s':>7} {'rest s':>7} "
+    print(f"{'shape':<19} {'path':<5} {'PxL':>8} {'mb/rb/gc':>9} {'step s':>7} {'gen s':>7} {'rest s':>7} "
           f"{'tok/s':>7} {'peak GiB':>8} {'compile s':>9}")
     for r in rows:
         if "error" in r:
@@ -431,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['shape']:<19} {r['path']:<5} {r['prompts']}x{r['completion']:<6} (no steady cycle)")
             continue
         print(f"{r['shape']:<19} {r['path']:<5} {str(r['prompts']) + 'x' + str(r['completion']):>8} "
-              f"{str(r['micro_batch']) + '/' + str(r['rollout_batch'] or '-'):>6} {r['whole_cycle_s']['median']:>7.2f} "
+              f"{'/'.join([str(r['micro_batch']), str(r['rollout_batch'] or '-'), 'on' if r['checkpointing'] else 'off']):>9} "
+              f"{r['whole_cycle_s']['median']:>7.2f} "
               f"{r['generation_s']['median']:>7.2f} {r['rest_s']['median']:>7.2f} "
               f"{r['rollout_tokens_per_s']['median']:>7.0f} {r['peak_gib']:>8.2f} {r.get('compile_s', float('nan')):>9.1f}")
     for m in memory:
