@@ -210,8 +210,9 @@ def free_memory() -> None:
 
 def reference_generate(trainer, ctx, case: dict, g: int, repeats: int) -> dict:
     """Plain ``generate`` on the trained copy (bf16, static compiled cache) at the case's batch, outside trl:
-    the ceiling for the rollout's tokens/s. One untimed call first (the prompt may pad to another length
-    than trl's, which recompiles), then ``repeats`` timed ones."""
+    the ceiling for a ``dense`` rollout's tokens/s, and what a ``fused`` one is compared with. One untimed
+    call first (the prompt may pad to another length than trl's, which recompiles), then ``repeats`` timed
+    ones."""
     import torch
     from PIL import Image
 
@@ -228,15 +229,19 @@ def reference_generate(trainer, ctx, case: dict, g: int, repeats: int) -> dict:
     config = copy_module.deepcopy(trainer.generation_config)
     config.min_new_tokens = case["completion"]  # as in the rollouts of a random model: every token generated
     times, tokens = [], 0
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = copy.generate(**inputs, generation_config=config)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-        tokens = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+    decoder, copy.decoder = copy.decoder, None  # the reference is transformers' generate, also for fused cases
+    try:
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = copy.generate(**inputs, generation_config=config)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+            tokens = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+    finally:
+        copy.decoder = decoder
     return {"batch": len(images), "tokens": tokens, "seconds": summary(times),
             "tokens_per_s": round(tokens / statistics.median(times), 1)}
 

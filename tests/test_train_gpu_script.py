@@ -43,8 +43,12 @@ def test_bad_cases_are_refused_before_any_model_is_built(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_gpu_script_dry_run_on_cpu(tmp_path):
+def test_train_gpu_script_dry_run_on_cpu(tmp_path, monkeypatch):
     from benchmarks.train_gpu import main
+    from factory.train.decode import FusedDecoder
+
+    fused_calls, real = [], FusedDecoder.generate
+    monkeypatch.setattr(FusedDecoder, "generate", lambda self, *a, **k: fused_calls.append(1) or real(self, *a, **k))
 
     assert main(["--cases", "tiny:dense:2x8:mb=8:rb=8:st=1,tiny:trl:2x8:mb=8:st=0,tiny:fused:2x8:mb=8:gc=0:st=1",
                  "--tokenizer", "small",
@@ -63,6 +67,8 @@ def test_train_gpu_script_dry_run_on_cpu(tmp_path):
     assert all({"generation_step_speedup", "whole_step_speedup", "rollout_vs_generate"} <= set(c)
                for c in result["comparisons"])
     assert result["comparisons"][1]["setting"] == "2x8 no-gc"
+    # the fused case's reference is transformers' generate on its copy, not the fused step again
+    assert fused["generate_reference"]["tokens"] == 128 and len(fused_calls) == 1 + len(fused["cycles"])
     assert result["sft_memory"][0]["stage"] == "1_sft" and result["sampler_fidelity"][0]["tokens"] > 0
     # with a drawn adapter the copy's rounding of the merged weights shows (a fresh one's B = 0 gives exactly 0)
     assert result["sampler_fidelity"][0]["random_b"] > 0
