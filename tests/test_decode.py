@@ -118,7 +118,7 @@ def test_processors_are_the_ones_generate_applies():
                         {"do_sample": False, "suppress_tokens": [5]}]:
             config = GenerationConfig(max_new_tokens=4, eos_token_id=1, pad_token_id=0, **options)
             ours = logits
-            for warper in _warpers(_resolved_config(model, config), 300, "cpu"):
+            for warper in _warpers(_resolved_config(model, config)[0], 300, "cpu"):
                 ours = warper(None, ours)
             resolved, _ = model._prepare_generation_config(config)
             theirs = model._get_logits_processor(generation_config=resolved, input_ids_seq_length=1, device="cpu")(
@@ -205,12 +205,80 @@ def test_the_step_compiles_with_inductor(models):
 
 
 @pytest.mark.parametrize("options", [{"repetition_penalty": 1.2}, {"num_beams": 2}, {"no_repeat_ngram_size": 3},
-                                     {"max_new_tokens": None, "max_length": 40}])
+                                     {"max_new_tokens": None, "max_length": 40}, {"return_dict_in_generate": True}])
 def test_options_it_cannot_reproduce_are_refused(models, options):
     model, processor = models("internvl")
     config = _config(model, processor, **options)
     with pytest.raises(UnsupportedGeneration):
         FusedDecoder(model).generate(generation_config=config, **_inputs(processor))
+
+
+def test_one_compiled_step_serves_every_prompt_length(models):
+    """trl pads each batch to its longest prompt, so lengths vary from rollout to rollout: the cache length is
+    rounded up, the step's shapes stay, and one graph serves ten lengths (``fullgraph`` would fail past
+    torch's recompile limit of 8 otherwise)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, processor = models("internvl")
+    decoder = FusedDecoder(model, compile={"backend": "eager", "fullgraph": True, "dynamic": False})
+    config = _config(model, processor, max_new_tokens=4)
+    lengths = set()
+    for n in range(1, 11):
+        inputs = _inputs(processor, words=(n, n + 1))
+        lengths.add(inputs["input_ids"].shape[1])
+        assert torch.equal(decoder.generate(generation_config=config, **inputs),
+                           model.generate(**inputs, generation_config=config))
+    assert len(lengths) == 10 and counters["stats"]["unique_graphs"] == 1
+
+
+def test_the_recompile_limit_falls_back_to_the_eager_step(models, monkeypatch):
+    model, processor = models("internvl")
+    inputs = _inputs(processor)
+    config = _config(model, processor, max_new_tokens=5)
+    decoder = FusedDecoder(model)
+
+    def limit(state, fixed):
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile_limit reached with fullgraph=True")
+
+    decoder._step = limit
+    with pytest.warns(RuntimeWarning, match="recompile limit"):
+        out = decoder.generate(generation_config=config, **inputs)
+    assert torch.equal(out, model.generate(**inputs, generation_config=config))
+
+
+def test_options_and_inputs_as_keywords_are_generate_s(models):
+    """Options given as keywords (as to ``generate``) reach the step too, not only the prefill; a prompt batch
+    without an attention mask decodes as generate's when unpadded, and is refused when padded (generate would
+    guess the mask from pad tokens)."""
+    model, processor = models("qwen2vl")
+    inputs = _inputs(processor)
+    base = _config(model, processor, max_new_tokens=9)
+    free = model.generate(**inputs, generation_config=base)[:, inputs["input_ids"].shape[1]:]
+    options = {"max_new_tokens": 5, "suppress_tokens": [int(free[0, 2]), int(free[2, 3])]}
+    reference = model.generate(**inputs, generation_config=base, **options)
+    assert reference.shape[1] == inputs["input_ids"].shape[1] + 5
+    assert torch.equal(FusedDecoder(model).generate(generation_config=base, **inputs, **options), reference)
+    with pytest.raises(UnsupportedGeneration, match="attention_mask"):
+        FusedDecoder(model).generate(generation_config=base, **{k: v for k, v in inputs.items() if k != "attention_mask"})
+    same = _inputs(processor, words=(3, 3))
+    unmasked = {k: v for k, v in same.items() if k != "attention_mask"}
+    assert torch.equal(FusedDecoder(model).generate(generation_config=base, **unmasked),
+                       model.generate(**unmasked, generation_config=base))
+
+
+@pytest.mark.slow
+def test_the_race_draws_tokens_rarer_than_float32_resolution():
+    """A 200k vocabulary whose tail tokens each have p = 3e-8, under the 6e-8 that -log(float32 uniform) can
+    resolve near 0: the tail is drawn at its true rate (Poisson: 60 expected; float32 uniforms give ~16)."""
+    vocab, tail_p, draws = 200_000, 3e-8, 10_000
+    logits = torch.full((vocab,), float(np.log(tail_p)), dtype=torch.float32)
+    logits[0] = float(np.log(1 - (vocab - 1) * tail_p))
+    torch.manual_seed(0)
+    hits = sum(int((choose(logits.expand(500, -1).contiguous(), sample=True) != 0).sum()) for _ in range(draws // 500))
+    expected = draws * (vocab - 1) * tail_p  # 60
+    assert expected * 0.6 < hits < expected * 1.5, hits
 
 
 def test_a_single_token_comes_from_generate_alone(models):
@@ -225,18 +293,25 @@ def test_a_single_token_comes_from_generate_alone(models):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("family", ["internvl", "qwen2vl"])
 def test_cuda_graph_step_generates_what_the_eager_step_does(tiny_dirs, family):
-    """On CUDA the rollout's options (reduce-overhead: one CUDA-graph replay per token) give the eager step's
-    greedy tokens, also on a second call that replays the captured graph on the kept buffers."""
+    """On CUDA with the rollout's options (reduce-overhead: one CUDA-graph replay per token): greedy tokens as
+    the eager step's over three prompt lengths with one compiled graph, and sampled calls that differ (the
+    random draws advance from replay to replay)."""
+    from torch._dynamo.utils import counters
+
     from factory.models import load_model
 
     torch._dynamo.reset()
+    counters.clear()
     loaded = load_model(tiny_dirs(family), dtype="float32", device="cuda")
     model, processor = loaded.model.eval(), loaded.processor
-    inputs = _inputs(processor).to("cuda")
     config = _config(model, processor, max_new_tokens=24)
-    eager = FusedDecoder(model).generate(generation_config=config, **inputs)
+    eager = FusedDecoder(model)
     graphed = FusedDecoder(model, compile={"mode": "reduce-overhead", "fullgraph": True, "dynamic": False})
-    first = graphed.generate(generation_config=config, **inputs)
-    again = graphed.generate(generation_config=config, **inputs)
-    assert torch.equal(first, again)
-    assert (first == eager).float().mean() > 0.95  # fp32 kernels may round a near-tie otherwise
+    for words in [(1, 5, 9), (2, 2, 12), (1, 5, 9)]:
+        inputs = _inputs(processor, words).to("cuda")
+        want, got = eager.generate(generation_config=config, **inputs), graphed.generate(generation_config=config, **inputs)
+        assert got.shape == want.shape and (got == want).float().mean() > 0.95  # fp32 kernels may round a near-tie
+    assert counters["stats"]["unique_graphs"] == 1
+    sampled = _config(model, processor, max_new_tokens=24, do_sample=True)
+    first, second = (graphed.generate(generation_config=sampled, **inputs) for _ in range(2))
+    assert not torch.equal(first, second)

@@ -19,13 +19,24 @@ raises :class:`UnsupportedGeneration` rather than sampling from another distribu
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import torch
+import torch._dynamo.exc
+
+#: what ``fullgraph=True`` raises when a function has been compiled for too many shapes or objects
+_RECOMPILE_LIMIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRecompileLimitHit", "RecompileError")
+                         if hasattr(torch._dynamo.exc, name))
+
+#: cache lengths are rounded up to a multiple of this: one compiled step serves nearby prompt lengths
+CACHE_STEP = 256
 
 #: generation-config fields the fused step honours; any other field that differs from its default is refused
 SUPPORTED = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "suppress_tokens",
              "min_new_tokens", "pad_token_id", "eos_token_id", "bos_token_id", "cache_implementation",
              "disable_compile", "compile_config", "use_cache", "max_length", "repetition_penalty",
-             "transformers_version", "_from_model_config", "return_dict_in_generate"}
+             "transformers_version", "_from_model_config"}
 
 
 class UnsupportedGeneration(ValueError):
@@ -36,12 +47,13 @@ class _FirstDecodeStep(Exception):
     """Raised by the capture hook to leave ``generate`` once it has prepared the first decode step."""
 
 
-def _resolved_config(model, generation_config):
-    """The config ``generate`` itself decodes with (the call's, then the model's, then the library defaults:
-    transformers' own resolution), checked for options the step cannot reproduce."""
+def _resolved_config(model, generation_config, **kwargs):
+    """``(config, model inputs)`` as ``generate`` resolves them (the call's options, then the model's
+    generation config, then the library's defaults: transformers' own resolution), the config checked for
+    options the step cannot reproduce."""
     from transformers import GenerationConfig
 
-    config, _ = model._prepare_generation_config(generation_config)
+    config, inputs = model._prepare_generation_config(generation_config, **kwargs)
     # the library's defaults: a value left at its default switches nothing on (num_beams 1, typical_p 1.0, ...)
     defaults = {**GenerationConfig().to_dict(), **GenerationConfig._get_default_generation_params()}
     odd = sorted(k for k, v in config.to_dict().items()
@@ -53,7 +65,7 @@ def _resolved_config(model, generation_config):
                                     "generate")
     if config.max_new_tokens is None:
         raise UnsupportedGeneration("fused decoding needs max_new_tokens")
-    return config
+    return config, inputs
 
 
 def _warpers(config, vocab: int, device):
@@ -94,10 +106,23 @@ class FusedDecoder:
         self.check_every = check_every
         self._step = None
         self._buffers: tuple | None = None
+        self._kv: tuple | None = None
 
-    def _capture(self, inputs: dict, config) -> tuple[torch.Tensor, dict | None]:
-        """Run ``generate`` up to the first decode step: the prompt and first token, and the step's inputs
-        (None when ``generate`` ended before it)."""
+    def _cache(self, rows: int, length: int):
+        """The decoder's static KV cache, emptied: one kept while rows and length stay, so the step's CUDA
+        graph replays on the same addresses (``generate`` would build a new cache every call)."""
+        from transformers import StaticCache
+
+        key = (rows, length)
+        if self._kv is None or self._kv[0] != key:
+            self._kv = (key, StaticCache(config=self.model.config, max_cache_len=length))
+        else:
+            self._kv[1].reset()
+        return self._kv[1]
+
+    def _capture(self, inputs: dict, config, cache) -> tuple[torch.Tensor, dict | None]:
+        """Run ``generate`` on ``cache`` up to the first decode step: the prompt and first token, and the
+        step's inputs (None when ``generate`` ended before it)."""
         captured: dict = {}
 
         def hook(module, args, kwargs):
@@ -106,12 +131,14 @@ class FusedDecoder:
                 raise _FirstDecodeStep
             captured["calls"] = captured.get("calls", 0) + 1
 
-        # eager (the hook must run outside a compiled graph), with a static cache the step can write in place
+        # eager: the hook must run outside a compiled graph; the cache is ours (a user cache excludes the option)
         prefill_config = config.__class__(**{**config.to_dict(), "disable_compile": True,
-                                             "cache_implementation": "static"})
+                                             "cache_implementation": None})
+        # transformers 5.24 names the cache argument ``cache``; 5.17 ``past_key_values``
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            sequences = self.model.generate(**inputs, generation_config=prefill_config)
+            sequences = self.model.generate(**inputs, **{name: cache}, generation_config=prefill_config)
             return sequences, None
         except _FirstDecodeStep:
             return None, captured["kwargs"]
@@ -119,25 +146,32 @@ class FusedDecoder:
             handle.remove()
 
     @torch.no_grad()
-    def generate(self, generation_config=None, **inputs) -> torch.Tensor:
-        """Prompt + completion ids, ``[rows, prompt + longest completion]``; ended rows padded."""
-        config = _resolved_config(self.model, generation_config)
-        sequences, step_inputs = self._capture(inputs, config)
+    def generate(self, generation_config=None, **kwargs) -> torch.Tensor:
+        """Prompt + completion ids, ``[rows, prompt + longest completion]``; ended rows padded. Takes what
+        ``generate`` takes: model inputs, and generation options in ``generation_config`` or as keywords."""
+        config, inputs = _resolved_config(self.model, generation_config, **kwargs)
+        prompt_ids = inputs["input_ids"]
+        rows, prompt = prompt_ids.shape
+        if inputs.get("attention_mask") is None:
+            if config.pad_token_id is not None and bool((prompt_ids == config.pad_token_id).any()):
+                raise UnsupportedGeneration("fused decoding of padded prompts needs their attention_mask")
+            inputs["attention_mask"] = torch.ones_like(prompt_ids)
+        mask = inputs["attention_mask"]
+        new = config.max_new_tokens
+        # the cache length rounded up: prompts of other lengths (trl pads each batch to its longest) keep the
+        # step's shapes, so one compiled graph serves them all
+        length = -(-(prompt + new) // CACHE_STEP) * CACHE_STEP
+        sequences, step_inputs = self._capture(inputs, config, self._cache(rows, length))
         if step_inputs is None:  # generate finished on its own (one token, or every row ended at once)
             return sequences
         first = step_inputs.pop("input_ids")
         if first.ndim != 2 or first.shape[1] != 1:
             raise UnsupportedGeneration(f"fused decoding expects one token per decode step, got {tuple(first.shape)}")
-        prompt_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        rows, prompt = prompt_ids.shape
-        new = config.max_new_tokens
         device = first.device
-        if mask is None:
-            mask = torch.ones_like(prompt_ids)
         state = {
             "tokens": first.clone(),
-            # the full-length padding mask: a step's own causal mask hides the positions not yet written
-            "attention_mask": torch.cat([mask, mask.new_ones(rows, new)], 1),
+            # the padding mask over the whole cache: a step's own causal mask hides the positions not yet written
+            "attention_mask": torch.cat([mask, mask.new_ones(rows, length - prompt)], 1),
             "position_ids": step_inputs.pop("position_ids", None),
             "cache_position": step_inputs.pop("cache_position", None),
             "index": torch.zeros((), dtype=torch.long, device=device),  # tokens written to ``out``
@@ -159,7 +193,13 @@ class FusedDecoder:
         for done in range(new - 1):
             if done % self.check_every == 0 and not bool(state["alive"].any()):
                 break
-            step(state, fixed)
+            try:
+                step(state, fixed)
+            except _RECOMPILE_LIMIT:  # raised before the step ran: nothing was written
+                warnings.warn("fused decoding: torch.compile's recompile limit is reached (many shapes or models "
+                              "in one process); this decoder goes on uncompiled", RuntimeWarning, stacklevel=2)
+                self._step = step = _step
+                step(state, fixed)
         width = 1 + int(state["length"].max())
         return torch.cat([prompt_ids, first, state["out"][:, :width - 1]], 1)
 
@@ -205,11 +245,13 @@ def _scores(state: dict, fixed: dict) -> torch.Tensor:
 
 def choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:
     """A token per row: the argmax, or a draw from ``softmax(scores)`` by the exponential race (``argmax p/E``
-    with ``E ~ Exp(1)`` picks token i with probability p_i), which CUDA graphs hold and ``multinomial`` not."""
+    with ``E ~ Exp(1)`` picks token i with probability p_i), which CUDA graphs hold and ``multinomial`` not.
+    The uniforms are float64: a float32 one lies on a 2^-24 grid, so E could not come below ~6e-8 and tokens
+    rarer than that (a 151k vocabulary's tail) would be drawn too seldom."""
     if not sample:
         return scores.argmax(-1)
     probs = torch.softmax(scores, -1)
-    race = -torch.log(torch.rand_like(probs).clamp_min(1e-30))
+    race = -torch.log(torch.rand_like(probs, dtype=torch.float64))
     return (probs / race).argmax(-1)
 
 
