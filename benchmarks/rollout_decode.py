@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from factory.files import write_json
     from factory.tasks import load_task
     from factory.tiny import build_tiny
-    from factory.train.decode import FusedDecoder
+    from factory.train.decode import FusedDecoder, compile_options
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    fused = FusedDecoder(model, compile={"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
-                         if cuda else None)
+    fused = FusedDecoder(model, compile=compile_options(device))
     decoders = {"generate": lambda x, c: model.generate(**x, generation_config=c),
                 "fused": lambda x, c: fused.generate(generation_config=c, **x)}
     rows = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from factory.train.decode import FusedDecoder, UnsupportedGeneration, choose
+from factory.train.decode import FusedDecoder, UnsupportedGeneration, choose, compile_options
 
 FAMILIES = ["internvl", "qwen2vl", "qwen2_5_vl", "smolvlm"]
 
@@ -198,10 +198,20 @@ def test_the_step_compiles_with_inductor(models):
     inputs = _inputs(processor)
     config = _config(model, processor)
     reference = model.generate(**inputs, generation_config=config)
-    decoder = FusedDecoder(model, compile={"fullgraph": True, "dynamic": False})
+    # the CUDA options less the CUDA graphs
+    options = compile_options("cuda")
+    options["options"] = {k: v for k, v in options["options"].items() if k != "triton.cudagraphs"}
+    decoder = FusedDecoder(model, compile=options)
     assert torch.equal(decoder.generate(generation_config=config, **inputs), reference)
     sampled = decoder.generate(generation_config=_config(model, processor, do_sample=True, top_k=5), **inputs)
     assert sampled.shape[0] == 3
+    # compiled, the race's noise keeps float64 resolution (inductor's own rand would draw on a float32 grid)
+    from factory.train.decode import exponential_noise
+
+    noise = torch.compile(exponential_noise, **options)(torch.zeros(100_000))
+    uniform = torch.exp(-noise)  # the uniform behind each draw: on a float32 grid, it would round-trip float32
+    on_grid = ((uniform - uniform.float().double()).abs() / uniform < 1e-12).float().mean()
+    assert noise.dtype == torch.float64 and on_grid < 0.01
 
 
 @pytest.mark.parametrize("options", [{"repetition_penalty": 1.2}, {"num_beams": 2}, {"no_repeat_ngram_size": 3},
@@ -306,7 +316,7 @@ def test_cuda_graph_step_generates_what_the_eager_step_does(tiny_dirs, family):
     model, processor = loaded.model.eval(), loaded.processor
     config = _config(model, processor, max_new_tokens=24)
     eager = FusedDecoder(model)
-    graphed = FusedDecoder(model, compile={"mode": "reduce-overhead", "fullgraph": True, "dynamic": False})
+    graphed = FusedDecoder(model, compile=compile_options("cuda"))
     for words in [(1, 5, 9), (2, 2, 12), (1, 5, 9)]:
         inputs = _inputs(processor, words).to("cuda")
         want, got = eager.generate(generation_config=config, **inputs), graphed.generate(generation_config=config, **inputs)

@@ -32,6 +32,15 @@ _RECOMPILE_LIMIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRe
 #: cache lengths are rounded up to a multiple of this: one compiled step serves nearby prompt lengths
 CACHE_STEP = 256
 
+
+def compile_options(device_type: str) -> dict | None:
+    """``torch.compile`` options for the step on a device: on CUDA one CUDA-graph replay per token (what
+    ``mode="reduce-overhead"`` sets, spelled as options so that ``fallback_random`` can join it: inductor's own
+    random draws lie on a float32 grid even for float64, see :func:`exponential_noise`); elsewhere eager."""
+    if device_type != "cuda":
+        return None
+    return {"fullgraph": True, "dynamic": False, "options": {"triton.cudagraphs": True, "fallback_random": True}}
+
 #: generation-config fields the fused step honours; any other field that differs from its default is refused
 SUPPORTED = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "suppress_tokens",
              "min_new_tokens", "pad_token_id", "eos_token_id", "bos_token_id", "cache_implementation",
@@ -96,9 +105,9 @@ def _ids(value) -> list[int]:
 
 class FusedDecoder:
     """``generate`` for a decoder-only (vision-)language model: prefill by ``generate``, then a compiled
-    per-token step. ``compile``: ``None`` (eager), or ``torch.compile`` options (on CUDA, ``mode:
-    reduce-overhead`` turns each step into one CUDA-graph replay). ``check_every``: tokens between the host
-    checks of whether every sequence has ended (each check is one device sync)."""
+    per-token step. ``compile``: ``None`` (eager), or ``torch.compile`` arguments (:func:`compile_options`
+    gives the device's). ``check_every``: tokens between the host checks of whether every sequence has ended
+    (each check is one device sync)."""
 
     def __init__(self, model, compile: dict | None = None, check_every: int = 16):
         self.model = model
@@ -243,16 +252,21 @@ def _scores(state: dict, fixed: dict) -> torch.Tensor:
     return scores
 
 
+def exponential_noise(like: torch.Tensor) -> torch.Tensor:
+    """E ~ Exp(1) for every entry of ``like``, at float64 resolution: from a float32 uniform (a 2^-24 grid) E
+    could not come below ~6e-8, and tokens rarer than that (a 151k vocabulary's tail) would be drawn too
+    seldom. Compiled, this holds only with inductor's ``fallback_random`` (:func:`compile_options`): inductor's
+    own draws, ``exponential_`` included, come from a float32 uniform whatever the dtype."""
+    return torch.empty_like(like, dtype=torch.float64).exponential_()
+
+
 def choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:
     """A token per row: the argmax, or a draw from ``softmax(scores)`` by the exponential race (``argmax p/E``
-    with ``E ~ Exp(1)`` picks token i with probability p_i), which CUDA graphs hold and ``multinomial`` not.
-    The uniforms are float64: a float32 one lies on a 2^-24 grid, so E could not come below ~6e-8 and tokens
-    rarer than that (a 151k vocabulary's tail) would be drawn too seldom."""
+    with ``E ~ Exp(1)`` picks token i with probability p_i), which CUDA graphs hold and ``multinomial`` not."""
     if not sample:
         return scores.argmax(-1)
     probs = torch.softmax(scores, -1)
-    race = -torch.log(torch.rand_like(probs, dtype=torch.float64))
-    return (probs / race).argmax(-1)
+    return (probs / exponential_noise(probs)).argmax(-1)
 
 
 def _step(state: dict, fixed: dict) -> None:

@@ -143,11 +143,10 @@ class RolloutCopy:
         self.batch_size = batch_size
         self.decoder = None
         if sampler == "fused":
-            from factory.train.decode import FusedDecoder
+            from factory.train.decode import FusedDecoder, compile_options
 
             # on CUDA each token is one CUDA-graph replay; on a CPU the same step runs eagerly
-            options = {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False} if device.type == "cuda" else None
-            self.decoder = FusedDecoder(copy, compile=options)
+            self.decoder = FusedDecoder(copy, compile=compile_options(device.type))
         elif sampler != "generate":
             raise ValueError(f"rollout sampler {sampler!r}: want generate or fused")
         self.step: int | None = None
