@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's GPU check as one prepared script for one short lease (about 9 minutes of an H100 after start-up):
+# Issue 19's GPU check as one prepared script for one short lease (at most 9.5 minutes of an H100 after start-up: one device command of under 600 s):
 #   1. rollout decoding alone, generate against the fused step, InternVL3-1B shape, 64 sequences x 512 tokens;
 #   2. the whole GRPO step (stage 4 at its real batching, 8 prompts x G=8 x 512) with the fused step and no
 #      gradient checkpointing, beside plain trl: the issue's speed and 8 GiB targets.
@@ -18,13 +18,13 @@ fi
 export PYTHONPATH=$PWD:$PWD/runtime${PYTHONPATH:+:$PYTHONPATH}
 SHAPE=${SHAPE:-internvl3-1b-shape} PROMPTS=${PROMPTS:-8} TOKENS=${TOKENS:-512}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi: a dry run"
-timeout 170 python3 -m benchmarks.rollout_decode --shape "$SHAPE" --batch $((PROMPTS * 8)) --tokens "$TOKENS" --repeats 3 \
+timeout 200 python3 -u -m benchmarks.rollout_decode --shape "$SHAPE" --batch $((PROMPTS * 8)) --tokens "$TOKENS" --repeats 3 \
   --out "$OUT" > "$OUT/rollout_decode.log" 2>&1
 echo "rollout_decode exit $?"
-timeout 380 python3 -m benchmarks.train_gpu \
+timeout 330 python3 -u -m benchmarks.train_gpu \
   --cases "$SHAPE:fused:${PROMPTS}x$TOKENS:gc=0,$SHAPE:trl:${PROMPTS}x$TOKENS:st=0" \
-  --steady 3 --reference-repeats 1 --fidelity-tokens 0 --sft-steps 0 --budget-s 300 \
+  --steady 3 --reference-repeats 1 --fidelity-tokens 0 --sft-steps 0 --budget-s 250 \
   --workdir /tmp/svlm_train_gpu --out "$OUT" > "$OUT/train_gpu.log" 2>&1
 echo "train_gpu exit $?"
-tail -n 4 "$OUT/rollout_decode.log"
+tail -n 5 "$OUT/rollout_decode.log"
 tail -n 12 "$OUT/train_gpu.log"

@@ -97,34 +97,56 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     fused = FusedDecoder(model, compile=compile_options(device))
-    decoders = {"generate": lambda x, c: model.generate(**x, generation_config=c),
-                "fused": lambda x, c: fused.generate(generation_config=c, **x)}
-    rows = {}
-    with torch.no_grad():
-        for name, decode in decoders.items():
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            rows[name] = measure(decode, inputs, config, args.repeats, sync)
-            if cuda:
-                rows[name]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    # fused first: on a short lease its figure is the one that matters
+    decoders = {"fused": lambda x, c: fused.generate(generation_config=c, **x),
+                "generate": lambda x, c: model.generate(**x, generation_config=c)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"rollout_decode_{device}.json"
     result = {
         "command": "python -m benchmarks.rollout_decode " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "python": platform.python_version(),
         "setting": f"{args.family} {args.shape}, {args.tokenizer} tokenizer, random weights, {dtype}, batch "
                    f"{args.batch} × {args.tokens} tokens, prompt {inputs['input_ids'].shape[1]} tokens",
-        "decoders": rows,
-        "fused_vs_generate": round(rows["fused"]["tokens_per_s"] / rows["generate"]["tokens_per_s"], 2)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"rollout_decode_{device}.json", result, indent=2)
-    print(f"{result['device']} | {result['setting']}")
-    for name, row in rows.items():
-        s = row["seconds"]
-        print(f"{name:<9} {row['tokens_per_s']:>9.0f} tokens/s  median {s['median']:.3f} s [{s['min']:.3f}–{s['max']:.3f}]"
-              f"  first call {row['first_s']:.1f} s")
-    print(f"fused / generate: {result['fused_vs_generate']}x  -> {out / f'rollout_decode_{device}.json'}")
+        "decoders": {}}
+    print(f"{result['device']} | {result['setting']}", flush=True)
+    from torch._dynamo.utils import counters
+
+    counters.clear()  # the graphs and skips counted are this run's
+    with torch.no_grad():
+        for name, decode in decoders.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            row = result["decoders"][name] = measure(decode, inputs, config, args.repeats, sync)
+            if cuda:
+                row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if name == "fused":
+                row.update(compiled_step(fused, inputs, config))
+            write_json(path, result, indent=2)  # after each decoder: a run cut short keeps what it measured
+            s = row["seconds"]
+            print(f"{name:<9} {row['tokens_per_s']:>9.0f} tokens/s  median {s['median']:.3f} s "
+                  f"[{s['min']:.3f}–{s['max']:.3f}]  first call {row['first_s']:.1f} s", flush=True)
+    rows = result["decoders"]
+    result["fused_vs_generate"] = round(rows["fused"]["tokens_per_s"] / rows["generate"]["tokens_per_s"], 2)
+    write_json(path, result, indent=2)
+    fused_row = rows["fused"]
+    print(f"fused: {fused_row['compiled_graphs']} compiled graph(s), CUDA-graph skips: {fused_row['cudagraph_skips']}, "
+          f"two sampled calls differ: {fused_row['sampled_calls_differ']}")
+    print(f"fused / generate: {result['fused_vs_generate']}x  -> {path}")
     return 0
+
+
+def compiled_step(decoder, inputs, config) -> dict:
+    """What says whether the fused figure is the compiled one: how many graphs dynamo built, the CUDA-graph
+    skips inductor counted (a skip runs the step without CUDA graphs, silently), and whether two sampled
+    calls differ (the draws advance from replay to replay)."""
+    from torch._dynamo.utils import counters
+
+    first, second = (decoder.generate(generation_config=config, **inputs) for _ in range(2))
+    return {"compiled_graphs": int(counters["stats"]["unique_graphs"]),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+            "sampled_calls_differ": not bool((first == second).all())}
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def test_end_of_sequence_min_new_tokens_and_suppression_equal_generate(models, f
     boundary.append(row0(boundary, 6))
     cases = [{"eos_token_id": late},
              {"eos_token_id": [late, int(free[1, 2])]},  # two ends, rows end at different steps
+             {"eos_token_id": torch.tensor([late, int(free[1, 2])])},  # as a tensor
              {"eos_token_id": boundary, "min_new_tokens": 6},
              {"suppress_tokens": [int(free[1, 2]), int(free[0, 4])]},
              {"eos_token_id": [int(t) for t in free[:, 0]]}]  # every row ends at the first token
@@ -204,7 +205,7 @@ def test_the_step_compiles_with_inductor(models):
     decoder = FusedDecoder(model, compile=options)
     assert torch.equal(decoder.generate(generation_config=config, **inputs), reference)
     sampled = decoder.generate(generation_config=_config(model, processor, do_sample=True, top_k=5), **inputs)
-    assert sampled.shape[0] == 3
+    assert sampled.shape == reference.shape and not torch.equal(sampled, reference)
     # compiled, the race's noise keeps float64 resolution (inductor's own rand would draw on a float32 grid)
     from factory.train.decode import exponential_noise
 
@@ -223,7 +224,8 @@ def test_options_it_cannot_reproduce_are_refused(models, options):
         FusedDecoder(model).generate(generation_config=config, **_inputs(processor))
 
 
-def test_one_compiled_step_serves_every_prompt_length(models):
+@pytest.mark.parametrize("family", ["internvl", "qwen2vl"])
+def test_one_compiled_step_serves_every_prompt_length(models, family):
     """trl pads each batch to its longest prompt, so lengths vary from rollout to rollout: the cache length is
     rounded up, the step's shapes stay, and one graph serves ten lengths (``fullgraph`` would fail past
     torch's recompile limit of 8 otherwise)."""
@@ -231,7 +233,7 @@ def test_one_compiled_step_serves_every_prompt_length(models):
 
     torch._dynamo.reset()
     counters.clear()
-    model, processor = models("internvl")
+    model, processor = models(family)
     decoder = FusedDecoder(model, compile={"backend": "eager", "fullgraph": True, "dynamic": False})
     config = _config(model, processor, max_new_tokens=4)
     lengths = set()
@@ -289,6 +291,40 @@ def test_the_race_draws_tokens_rarer_than_float32_resolution():
     hits = sum(int((choose(logits.expand(500, -1).contiguous(), sample=True) != 0).sum()) for _ in range(draws // 500))
     expected = draws * (vocab - 1) * tail_p  # 60
     assert expected * 0.6 < hits < expected * 1.5, hits
+
+
+def test_a_rollout_copy_s_static_cache_setting_is_not_a_conflict(models):
+    """A rollout copy asks for the static cache in its own generation config; the decoder passes its own cache
+    object, which generate would refuse beside that option: it is set aside during the prefill, then restored."""
+    model, processor = models("internvl")
+    inputs = _inputs(processor)
+    config = _config(model, processor, cache_implementation=None)
+    reference = model.generate(**inputs, generation_config=config)
+    model.generation_config.cache_implementation = "static"
+    try:
+        assert torch.equal(FusedDecoder(model).generate(generation_config=config, **inputs), reference)
+        assert model.generation_config.cache_implementation == "static"
+    finally:
+        model.generation_config.cache_implementation = None
+
+
+def test_the_cache_is_reused_and_never_shrinks(models):
+    """Prompt + completion lengths on both sides of a 256 boundary: the longer cache is kept for the shorter
+    prompt (one cache, one graph shape), and tokens stay generate's."""
+    from factory.train.decode import CACHE_STEP
+
+    model, processor = models("internvl")
+    short, long = _inputs(processor, words=(1, 1)), _inputs(processor, words=(6, 6))
+    new = CACHE_STEP - short["input_ids"].shape[1] - 1
+    assert long["input_ids"].shape[1] + new > CACHE_STEP
+    config = _config(model, processor, max_new_tokens=new, min_new_tokens=new)
+    decoder = FusedDecoder(model)
+    caches = []
+    for inputs in (short, long, short):
+        assert torch.equal(decoder.generate(generation_config=config, **inputs),
+                           model.generate(**inputs, generation_config=config))
+        caches.append(decoder._kv[2])
+    assert caches[0] is not caches[1] and caches[2] is caches[1] and decoder._kv[1] == 2 * CACHE_STEP
 
 
 def test_a_single_token_comes_from_generate_alone(models):

@@ -100,7 +100,7 @@ def _warpers(config, vocab: int, device):
 def _ids(value) -> list[int]:
     if value is None:
         return []
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return [int(v) for v in torch.as_tensor(value).flatten().tolist()]  # an int, a list or a tensor
 
 
 class FusedDecoder:
@@ -118,16 +118,17 @@ class FusedDecoder:
         self._kv: tuple | None = None
 
     def _cache(self, rows: int, length: int):
-        """The decoder's static KV cache, emptied: one kept while rows and length stay, so the step's CUDA
-        graph replays on the same addresses (``generate`` would build a new cache every call)."""
+        """``(cache, its length)``: the decoder's static KV cache, emptied, at least ``length`` long. One is
+        kept and reused while the rows stay and it is long enough, and it never shrinks, so the step's CUDA
+        graph replays on the same addresses (``generate`` builds a new cache every call)."""
         from transformers import StaticCache
 
-        key = (rows, length)
-        if self._kv is None or self._kv[0] != key:
-            self._kv = (key, StaticCache(config=self.model.config, max_cache_len=length))
+        if self._kv is not None and self._kv[0] == rows and self._kv[1] >= length:
+            self._kv[2].reset()
         else:
-            self._kv[1].reset()
-        return self._kv[1]
+            self._kv = None  # the old cache's memory is free before the new one takes its own
+            self._kv = (rows, length, StaticCache(config=self.model.config, max_cache_len=length))
+        return self._kv[2], self._kv[1]
 
     def _capture(self, inputs: dict, config, cache) -> tuple[torch.Tensor, dict | None]:
         """Run ``generate`` on ``cache`` up to the first decode step: the prompt and first token, and the
@@ -145,6 +146,10 @@ class FusedDecoder:
                                              "cache_implementation": None})
         # transformers 5.24 names the cache argument ``cache``; 5.17 ``past_key_values``
         name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        # generate would fill the unset option from the model's own config (a rollout copy asks for "static"),
+        # then refuse it beside a cache object
+        own = self.model.generation_config.cache_implementation
+        self.model.generation_config.cache_implementation = None
         handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             sequences = self.model.generate(**inputs, **{name: cache}, generation_config=prefill_config)
@@ -153,6 +158,7 @@ class FusedDecoder:
             return None, captured["kwargs"]
         finally:
             handle.remove()
+            self.model.generation_config.cache_implementation = own
 
     @torch.no_grad()
     def generate(self, generation_config=None, **kwargs) -> torch.Tensor:
@@ -169,8 +175,8 @@ class FusedDecoder:
         new = config.max_new_tokens
         # the cache length rounded up: prompts of other lengths (trl pads each batch to its longest) keep the
         # step's shapes, so one compiled graph serves them all
-        length = -(-(prompt + new) // CACHE_STEP) * CACHE_STEP
-        sequences, step_inputs = self._capture(inputs, config, self._cache(rows, length))
+        cache, length = self._cache(rows, -(-(prompt + new) // CACHE_STEP) * CACHE_STEP)
+        sequences, step_inputs = self._capture(inputs, config, cache)
         if step_inputs is None:  # generate finished on its own (one token, or every row ended at once)
             return sequences
         first = step_inputs.pop("input_ids")
