@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 19's GPU check as one prepared script for one short lease (at most 9.5 minutes of an H100 after start-up: one device command of under 600 s):
+# Issue 19's GPU check as one prepared script for one short lease: one device command of under 600 s
+# (at most 9.5 minutes of an H100 after start-up):
 #   1. rollout decoding alone, generate against the fused step, InternVL3-1B shape, 64 sequences x 512 tokens;
 #   2. the whole GRPO step (stage 4 at its real batching, 8 prompts x G=8 x 512) with the fused step and no
 #      gradient checkpointing, beside plain trl: the issue's speed and 8 GiB targets.

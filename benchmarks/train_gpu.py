@@ -457,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['whole_cycle_s']['median']:>7.2f} "
               f"{r['generation_s']['median']:>7.2f} {r['rest_s']['median']:>7.2f} "
               f"{r['rollout_tokens_per_s']['median']:>7.0f} {r['peak_gib']:>8.2f} {r.get('compile_s', float('nan')):>9.1f}")
+    for r in rows:
+        if r.get("path") == "fused" and "error" not in r:
+            print(f"{r['shape']:<19} fused step: {r['compiled_graphs']} compiled graph(s), "
+                  f"{r['cudagraph_skips']} CUDA-graph skip(s)")
     for m in memory:
         if "error" in m:
             print(f"{m['shape']:<19} sft   FAILED {m['error'][:80]}")
