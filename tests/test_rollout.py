@@ -68,16 +68,17 @@ def test_sampled_tokens_have_the_same_logprobs_under_copy_and_policy(tiny_dirs, 
     assert "generate" not in policy.__dict__  # the routing is scoped
 
 
+@pytest.mark.parametrize("sampler", ["generate", "fused"])
 @pytest.mark.parametrize("family", ["internvl", "qwen2vl", "smolvlm"])
-def test_chunked_rollouts_generate_what_one_batch_does(tiny_dirs, family):
+def test_chunked_rollouts_generate_what_one_batch_does(tiny_dirs, family, sampler):
     """``rollout_batch_size``: 5 sequences in chunks of 2 (2 + 2 + 1) give the greedy tokens of one batch of 5,
     each sequence with its own image (Qwen2-VL's flattened patches are cut by ``image_grid_thw``), and the
-    chunks reach ``generate`` at most 2 at a time."""
+    chunks reach ``generate`` (with the fused sampler: its prefill) at most 2 at a time."""
     from factory.train.rollout import split_rows
 
     policy, processor = _policy(tiny_dirs, family)
     inputs = _inputs(processor, n=5)
-    whole, chunked = RolloutCopy(policy), RolloutCopy(policy, batch_size=2)
+    whole, chunked = RolloutCopy(policy), RolloutCopy(policy, batch_size=2, sampler=sampler)
     sizes, real = [], chunked.model.generate
     chunked.model.generate = lambda **kw: sizes.append(kw["input_ids"].shape[0]) or real(**kw)
     with torch.no_grad():
