@@ -323,8 +323,11 @@ def test_the_cache_is_reused_and_never_shrinks(models):
     for inputs in (short, long, short):
         assert torch.equal(decoder.generate(generation_config=config, **inputs),
                            model.generate(**inputs, generation_config=config))
-        caches.append(decoder._kv[2])
-    assert caches[0] is not caches[1] and caches[2] is caches[1] and decoder._kv[1] == 2 * CACHE_STEP
+        caches.append(decoder._kv[2][1])
+    assert caches[0] is not caches[1] and caches[2] is caches[1] and decoder._kv[2][0] == 2 * CACHE_STEP
+    # another row count gets its own cache, and the first is still there for the next full chunk
+    decoder.generate(generation_config=config, **_inputs(processor, words=(1, 1, 1)))
+    assert set(decoder._kv) == {2, 3} and decoder._kv[2][1] is caches[1]
 
 
 def test_a_single_token_comes_from_generate_alone(models):

@@ -31,6 +31,9 @@ _RECOMPILE_LIMIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRe
 
 #: cache lengths are rounded up to a multiple of this: one compiled step serves nearby prompt lengths
 CACHE_STEP = 256
+#: caches (and step buffers) kept per decoder, one per batch shape: a rollout's full chunks, its last chunk,
+#: trl's validation batches
+KEPT_SHAPES = 3
 
 
 def compile_options(device_type: str) -> dict | None:
@@ -114,21 +117,26 @@ class FusedDecoder:
         self.compile = compile
         self.check_every = check_every
         self._step = None
-        self._buffers: tuple | None = None
-        self._kv: tuple | None = None
+        self._buffers: dict = {}  # state shapes -> buffers, least recently used first
+        self._kv: dict = {}  # rows -> (length, cache), least recently used first
 
     def _cache(self, rows: int, length: int):
-        """``(cache, its length)``: the decoder's static KV cache, emptied, at least ``length`` long. One is
-        kept and reused while the rows stay and it is long enough, and it never shrinks, so the step's CUDA
-        graph replays on the same addresses (``generate`` builds a new cache every call)."""
+        """``(cache, its length)``: a static KV cache for ``rows`` sequences, emptied, at least ``length`` long.
+        Kept per row count (a rollout's chunks: full ones and the rest; trl's validation batches) and reused
+        while long enough, never shrinking, so the step's CUDA graphs replay on the same addresses
+        (``generate`` builds a new cache every call)."""
         from transformers import StaticCache
 
-        if self._kv is not None and self._kv[0] == rows and self._kv[1] >= length:
-            self._kv[2].reset()
+        kept = self._kv.pop(rows, None)
+        if kept is not None and kept[0] >= length:
+            kept[1].reset()
         else:
-            self._kv = None  # the old cache's memory is free before the new one takes its own
-            self._kv = (rows, length, StaticCache(config=self.model.config, max_cache_len=length))
-        return self._kv[2], self._kv[1]
+            kept = None  # the old cache's memory is free before the new one takes its own
+            kept = (length, StaticCache(config=self.model.config, max_cache_len=length))
+        self._kv[rows] = kept  # most recently used last
+        while len(self._kv) > KEPT_SHAPES:
+            self._kv.pop(next(iter(self._kv)))
+        return kept[1], kept[0]
 
     def _capture(self, inputs: dict, config, cache) -> tuple[torch.Tensor, dict | None]:
         """Run ``generate`` on ``cache`` up to the first decode step: the prompt and first token, and the
@@ -219,21 +227,22 @@ class FusedDecoder:
         return torch.cat([prompt_ids, first, state["out"][:, :width - 1]], 1)
 
     def _persistent(self, state: dict) -> dict:
-        """The step's state in buffers kept from call to call while the shapes stay: a CUDA graph replays on
-        fixed addresses, so new tensors each call would cost a new capture. One set is kept (the rollout's
-        chunks share one shape)."""
+        """The step's state in buffers kept from call to call per shape (as the caches): a CUDA graph replays
+        on fixed addresses, so new tensors each call would cost a new capture."""
         key = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in state.items() if v is not None)
-        if self._buffers is not None and self._buffers[0] == key:
-            kept = self._buffers[1]
+        kept = self._buffers.pop(key, None)
+        if kept is not None:
             for name, value in state.items():
                 if value is not None:
                     kept[name].copy_(value)
-            return kept
-        kept = {k: (v.clone() if v is not None else None) for k, v in state.items()}
-        for value in kept.values():
-            if value is not None and value.device.type == "cuda":
-                torch._dynamo.mark_static_address(value)
-        self._buffers = (key, kept)
+        else:
+            kept = {k: (v.clone() if v is not None else None) for k, v in state.items()}
+            for value in kept.values():
+                if value is not None and value.device.type == "cuda":
+                    torch._dynamo.mark_static_address(value)
+        self._buffers[key] = kept
+        while len(self._buffers) > KEPT_SHAPES:
+            self._buffers.pop(next(iter(self._buffers)))
         return kept
 
     def _compiled(self):
