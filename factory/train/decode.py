@@ -6,9 +6,9 @@ Why hand-written: ``generate`` compiles only the model's forward. Around it, eve
 and a growing ``torch.cat``), which at rollout batch sizes costs more than the forward itself. transformers'
 continuous batching takes no images, and vLLM is not a safe default with images + QLoRA (DESIGN.md §3).
 
-What is not hand-written: the prompt. ``generate`` runs the prefill (vision tower, the family's position ids,
-its static cache) and samples the first token; a forward pre-hook takes the inputs it prepares for the first
-decode step and stops it there. Each later step feeds the model those inputs advanced by one position, so
+What is not hand-written: the prompt. ``generate`` runs the prefill (vision tower, the family's position ids)
+into a static cache the decoder owns, and samples the first token; a forward pre-hook takes the inputs it
+prepares for the first decode step and stops it there. Each later step feeds the model those inputs advanced by one position, so
 whatever a family adds (Qwen2-VL's 3-D rope positions, its token types) comes from the family's own code,
 whatever the transformers version. The logits processors are transformers' own classes; sampling is the
 exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), which draws from ``p`` exactly, like ``multinomial``.
@@ -43,6 +43,7 @@ def compile_options(device_type: str) -> dict | None:
     if device_type != "cuda":
         return None
     return {"fullgraph": True, "dynamic": False, "options": {"triton.cudagraphs": True, "fallback_random": True}}
+
 
 #: generation-config fields the fused step honours; any other field that differs from its default is refused
 SUPPORTED = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "suppress_tokens",
