@@ -22,35 +22,19 @@ import time
 from pathlib import Path
 
 
-def _inputs(processor, batch: int, task):
-    """``batch`` rows of the task's CoT prompt on random images (one image each), left-padded as trl does."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    side = 448
-    images = [[Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))] for _ in range(batch)]
-    processor.tokenizer.padding_side = "left"
-    return processor(images=images, text=[task.render_prompt(processor, "cot")] * batch, return_tensors="pt",
-                     padding=True)
-
-
 def measure(decode, inputs, config, repeats: int, sync) -> dict:
     """First-call seconds, then the median/min/max of ``repeats`` timed calls, and tokens/s at the median."""
-    start = time.perf_counter()
-    out = decode(inputs, config)
-    sync()
-    first = time.perf_counter() - start
+    from benchmarks.train_gpu import summary
+
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         start = time.perf_counter()
         out = decode(inputs, config)
         sync()
         times.append(time.perf_counter() - start)
     tokens = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
-    median = statistics.median(times)
-    return {"first_s": round(first, 3), "seconds": {"median": round(median, 4), "min": round(min(times), 4),
-            "max": round(max(times), 4), "n": repeats}, "tokens": tokens, "tokens_per_s": round(tokens / median, 1)}
+    return {"first_s": round(times[0], 3), "seconds": summary(times[1:]), "tokens": tokens,
+            "tokens_per_s": round(tokens / statistics.median(times[1:]), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import GenerationConfig
 
+    from export.build import probe_inputs
     from factory.families import get_family
     from factory.files import write_json
-    from factory.tasks import load_task
     from factory.tiny import build_tiny
-    from factory.train.decode import FusedDecoder, compile_options
+    from factory.train.decode import FusedDecoder, compile_counts, compile_options
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = build_tiny(args.family, args.shape, tokenizer=args.tokenizer)
     model.to(device=device, dtype=dtype).eval()
     get_family(args.family).apply_image_policy(processor)
-    inputs = _inputs(processor, args.batch, load_task("emoset")).to(device)
+    inputs = probe_inputs(processor, args.batch, side=448).to(device)  # one question, so no padding
     image_token = getattr(model.config, "image_token_id", None)
     config = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=True,
                               temperature=1.0, top_p=1.0, top_k=0, cache_implementation="static",
@@ -113,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['device']} | {result['setting']}", flush=True)
     from torch._dynamo.utils import counters
 
-    counters.clear()  # the graphs and skips counted are this run's
+    counters.clear()  # the graphs and CUDA-graph skips counted are this run's (a skip is silently slower)
     with torch.no_grad():
         for name, decode in decoders.items():
             if cuda:
@@ -122,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if name == "fused":
-                row.update(compiled_step(fused, inputs, config))
+                first, second = (fused.generate(generation_config=config, **inputs) for _ in range(2))
+                row.update(compile_counts(), sampled_calls_differ=not bool((first == second).all()))
             write_json(path, result, indent=2)  # after each decoder: a run cut short keeps what it measured
             s = row["seconds"]
             print(f"{name:<9} {row['tokens_per_s']:>9.0f} tokens/s  median {s['median']:.3f} s "
@@ -135,18 +120,6 @@ def main(argv: list[str] | None = None) -> int:
           f"two sampled calls differ: {fused_row['sampled_calls_differ']}")
     print(f"fused / generate: {result['fused_vs_generate']}x  -> {path}")
     return 0
-
-
-def compiled_step(decoder, inputs, config) -> dict:
-    """What says whether the fused figure is the compiled one: how many graphs dynamo built, the CUDA-graph
-    skips inductor counted (a skip runs the step without CUDA graphs, silently), and whether two sampled
-    calls differ (the draws advance from replay to replay)."""
-    from torch._dynamo.utils import counters
-
-    first, second = (decoder.generate(generation_config=config, **inputs) for _ in range(2))
-    return {"compiled_graphs": int(counters["stats"]["unique_graphs"]),
-            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
-            "sampled_calls_differ": not bool((first == second).all())}
 
 
 if __name__ == "__main__":

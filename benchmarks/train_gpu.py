@@ -161,6 +161,8 @@ def grpo_case(env: dict, case: dict, steady: int) -> dict:
     free_memory()
     from torch._dynamo.utils import counters
 
+    from factory.train.decode import compile_counts
+
     counters.clear()
     trainer = grpo.build_grpo_trainer(ctx)
     # the trainer's own class: for dense rollouts its generation includes refreshing the copy
@@ -188,10 +190,7 @@ def grpo_case(env: dict, case: dict, steady: int) -> dict:
            "rollout_tokens_per_s": summary([c["tokens_per_s"] for c in measured]),
            "peak_gib": round(max(clock.train_peak, max(c["generation_peak_gib"] for c in found)), 2),
            "peak_generation_gib": round(max(c["generation_peak_gib"] for c in found), 2),
-           "peak_training_gib": round(clock.train_peak, 2),
-           # a skip runs a compiled step without CUDA graphs, silently: the figure is then not the graphed one
-           "compiled_graphs": int(counters["stats"]["unique_graphs"]),
-           "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
+           "peak_training_gib": round(clock.train_peak, 2), **compile_counts()}
     if rest:
         row["compile_s"] = round(warm["generation_s"] - statistics.median(c["generation_s"] for c in rest), 1)
     if case["path"] != "trl" and env["reference_repeats"]:

@@ -114,7 +114,7 @@ def merge(base: str, adapter: Path | None, out: Path):
     gap = 0.0
     if adapter is not None:
         peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
-        probe = _probe_inputs(processor)
+        probe = probe_inputs(processor)
         with torch.no_grad():
             before = peft_model(**probe).logits
             model = peft_model.merge_and_unload().eval()
@@ -148,16 +148,17 @@ def merged_card(out: Path, base: str, provenance: dict) -> None:
     write_merged_card(out, base_model=base, source=provenance, labels=list(task.labels), task=task.manifest())
 
 
-def _probe_inputs(processor, n: int = 2):
-    """A small batch of real-shaped inputs: a question with random images (the merge check compares
-    logits, so any question does)."""
+def probe_inputs(processor, n: int = 2, side: int | None = None):
+    """A batch of real-shaped inputs: the default task's question with random images, 64×80 or ``side``²
+    (the merge check compares logits, so any question does; a benchmark wants a real image size)."""
     import numpy as np
     from PIL import Image
 
     from factory.tasks import load_task
 
     rng = np.random.default_rng(0)
-    images = [[Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))] for _ in range(n)]
+    shape = (side, side, 3) if side else (64, 80, 3)
+    images = [[Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8))] for _ in range(n)]
     prompt = load_task().render_prompt(processor, "cot")
     return processor(images=images, text=[prompt] * n, return_tensors="pt", padding=True)
 

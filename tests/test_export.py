@@ -21,7 +21,7 @@ def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
     import torch
     from peft import PeftModel
 
-    from export.build import _probe_inputs, merge
+    from export.build import probe_inputs, merge
     from factory.models import load_model
     from factory.train.common import stage_source
 
@@ -29,7 +29,7 @@ def test_merged_logits_equal_base_plus_adapter(baseline_run, tmp_path):
     base = load_model(base_path, dtype="float32", device="cpu")
     adapted = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     merged, processor, _, gap = merge(base_path, adapter, tmp_path / "m")
-    probe = _probe_inputs(processor)
+    probe = probe_inputs(processor)
     with torch.no_grad():
         want, got = adapted(**probe).logits, merged(**probe).logits
         plain = load_model(base_path, dtype="float32", device="cpu").model(**probe).logits

@@ -23,9 +23,9 @@ def _policy(tiny_dirs, family="internvl", nf4=False, modules_to_save=("lm_head",
 
 
 def _inputs(processor, n=2):
-    from export.build import _probe_inputs
+    from export.build import probe_inputs
 
-    return _probe_inputs(processor, n)
+    return probe_inputs(processor, n)
 
 
 def _spy_generate(copy: RolloutCopy) -> list:

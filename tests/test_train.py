@@ -435,7 +435,7 @@ def test_nf4_path_trains_on_cpu_behind_the_flag_with_fp32_adapters(tmp_path, syn
 def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, small_tiny_dirs):
     from peft import LoraConfig, get_peft_model
 
-    from export.build import _probe_inputs
+    from export.build import probe_inputs
     from factory.families import get_family
     from factory.models import load_model
 
@@ -449,7 +449,7 @@ def test_grpo_stage_trains_without_lora_dropout(tmp_path, synth_root, cot_dir, s
                               str(small_tiny_dirs("internvl")), synth_root, cot_dir, progress=False)
     trainer = grpo.build_grpo_trainer(ctx)
     policy = trainer.model.train()  # trl computes old and new log-probs in train mode
-    inputs = _probe_inputs(loaded.processor, 2)
+    inputs = probe_inputs(loaded.processor, 2)
     with torch.no_grad():
         first, second = (torch.log_softmax(policy(**inputs).logits.float(), -1) for _ in range(2))
     assert torch.equal(first, second)

@@ -8,8 +8,8 @@ continuous batching takes no images, and vLLM is not a safe default with images 
 
 What is not hand-written: the prompt. ``generate`` runs the prefill (vision tower, the family's position ids)
 into a static cache the decoder owns, and samples the first token; a forward pre-hook takes the inputs it
-prepares for the first decode step and stops it there. Each later step feeds the model those inputs advanced by one position, so
-whatever a family adds (Qwen2-VL's 3-D rope positions, its token types) comes from the family's own code,
+prepares for the first decode step and stops it there. Each later step feeds the model those inputs advanced
+by one position, so whatever a family adds (Qwen2-VL's 3-D rope positions, its token types) comes from the family's own code,
 whatever the transformers version. The logits processors are transformers' own classes; sampling is the
 exponential race (``argmax(p / E)``, ``E ~ Exp(1)``), which draws from ``p`` exactly, like ``multinomial``.
 
@@ -45,11 +45,20 @@ def compile_options(device_type: str) -> dict | None:
     return {"fullgraph": True, "dynamic": False, "options": {"triton.cudagraphs": True, "fallback_random": True}}
 
 
+def compile_counts() -> dict:
+    """Since ``torch._dynamo.utils.counters`` was last cleared: the graphs dynamo compiled, and the CUDA-graph
+    skips inductor counted (a skipped step runs without CUDA graphs, silently: its speed is not the graphed one)."""
+    from torch._dynamo.utils import counters
+
+    return {"compiled_graphs": int(counters["stats"]["unique_graphs"]),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
+
+
 #: generation-config fields the fused step honours; any other field that differs from its default is refused
 SUPPORTED = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "suppress_tokens",
              "min_new_tokens", "pad_token_id", "eos_token_id", "bos_token_id", "cache_implementation",
-             "disable_compile", "compile_config", "use_cache", "max_length", "repetition_penalty",
-             "transformers_version", "_from_model_config"}
+             "disable_compile", "compile_config", "use_cache", "max_length", "transformers_version",
+             "_from_model_config"}
 
 
 class UnsupportedGeneration(ValueError):
@@ -71,8 +80,6 @@ def _resolved_config(model, generation_config, **kwargs):
     defaults = {**GenerationConfig().to_dict(), **GenerationConfig._get_default_generation_params()}
     odd = sorted(k for k, v in config.to_dict().items()
                  if k not in SUPPORTED and k in defaults and v not in (None, False, [], {}) and v != defaults[k])
-    if config.repetition_penalty not in (None, 1.0):
-        odd.append("repetition_penalty")
     if odd:
         raise UnsupportedGeneration(f"fused decoding does not support {', '.join(odd)}; use rollout_sampler: "
                                     "generate")
@@ -131,8 +138,7 @@ class FusedDecoder:
         kept = self._kv.pop(rows, None)
         if kept is not None and kept[0] >= length:
             kept[1].reset()
-        else:
-            kept = None  # the old cache's memory is free before the new one takes its own
+        else:  # its tensors are allocated at the prefill's first write
             kept = (length, StaticCache(config=self.model.config, max_cache_len=length))
         self._kv[rows] = kept  # most recently used last
         while len(self._kv) > KEPT_SHAPES:
@@ -142,13 +148,12 @@ class FusedDecoder:
     def _capture(self, inputs: dict, config, cache) -> tuple[torch.Tensor, dict | None]:
         """Run ``generate`` on ``cache`` up to the first decode step: the prompt and first token, and the
         step's inputs (None when ``generate`` ended before it)."""
-        captured: dict = {}
+        calls: list[dict] = []  # the kwargs of each forward: the prefill's, then the first decode step's
 
         def hook(module, args, kwargs):
-            if captured.get("calls", 0) == 1:  # the prefill was call 0
-                captured["kwargs"] = dict(kwargs)
+            calls.append(dict(kwargs))
+            if len(calls) == 2:
                 raise _FirstDecodeStep
-            captured["calls"] = captured.get("calls", 0) + 1
 
         # eager: the hook must run outside a compiled graph; the cache is ours (a user cache excludes the option)
         prefill_config = config.__class__(**{**config.to_dict(), "disable_compile": True,
@@ -164,7 +169,7 @@ class FusedDecoder:
             sequences = self.model.generate(**inputs, **{name: cache}, generation_config=prefill_config)
             return sequences, None
         except _FirstDecodeStep:
-            return None, captured["kwargs"]
+            return None, calls[1]
         finally:
             handle.remove()
             self.model.generation_config.cache_implementation = own
