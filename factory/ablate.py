@@ -37,6 +37,7 @@ from factory import config as config_lib
 from factory import stats
 from factory.errors import ConfigError, SVLMError
 from factory.layout import DONE, RunLayout
+from factory.tasks import TASK_FILENAME
 
 RESULT = "heldout.json"
 
@@ -166,7 +167,7 @@ def _seed_stage(src: Path, dst: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copytree(src / "adapter", tmp / "adapter")
-    for name in ("stage.yaml", DONE, "svlm_config.yaml", "task.yaml"):
+    for name in ("stage.yaml", DONE, "svlm_config.yaml", TASK_FILENAME):
         if (src / name).is_file():
             shutil.copy(src / name, tmp / name)
     shutil.rmtree(dst, ignore_errors=True)

@@ -141,7 +141,6 @@ def _log(msg: str) -> None:
     print(f"[svlm run] {msg}", flush=True)
 
 
-
 def prepare_data(cfg: RunConfig) -> Path:
     """Return the data root: the configured one, or a synthetic EmoSet in the run folder."""
     from factory.data.synth import generate
@@ -171,18 +170,16 @@ def run(cfg: RunConfig) -> dict:
 
 def _run(cfg: RunConfig) -> dict:
     from factory.cot.build import CotConfig, build
+    from factory.cot.teachers import make_teacher
     from factory.data.emoset import read_split
     from factory.evaluate import evaluate
     from factory.models import count_parameters, load_model
+    from factory.tasks import load_task
     from factory.train.plots import plot_summary
     from factory.train.runner import base_source, plan, train
     from factory.train.stages import select_stages
 
-    from factory.tasks import load_task
-
     t0 = time.time()
-    from factory.cot.teachers import make_teacher
-
     task = load_task(cfg.task)  # a bad task file fails before anything is written
     for teacher in cfg.cot.teachers:  # so does a teacher that cannot serve it (no lexicon, no key variable)
         make_teacher(teacher, task)
@@ -216,7 +213,7 @@ def _run(cfg: RunConfig) -> dict:
     made_from = {"source": cfg.layout.relative(source), "data": cfg.layout.relative(root),
                  "eval": config_lib.to_dict(cfg.eval),
                  # the labels, questions and rule (records made before tasks, and EmoSet's, carry none)
-                 **({"task": task.identity()} if task.identity() != load_task().identity() else {})}
+                 **({"task": identity} if (identity := task.identity()) != load_task().identity() else {})}
     base = json.loads(base_eval.read_text()) if base_eval.is_file() else {}
     if base.pop("made_from", made_from) == made_from and base:  # (records before made_from were reused as is)
         _log(f"base model's evaluation reused ({base_eval})")

@@ -84,14 +84,7 @@ def get_rewards(names: list[str] | tuple[str, ...], task: Task | None = None) ->
     >>> get_rewards(["factory.rewards:format_reward"])[0].__wrapped__ is format_reward  # bound: it takes task
     True
     """
-    return [_bind(REWARDS[n], task) if n in REWARDS else _bind_if_asked(_import_reward(n), task) for n in names]
-
-
-def _bind_if_asked(reward: Callable[..., list[float]], task: Task | None) -> Callable[..., list[float]]:
-    """An imported reward that takes a ``task`` parameter judges the run's task (as the built-in ones do)."""
-    import inspect
-
-    return _bind(reward, task) if "task" in inspect.signature(reward).parameters else reward
+    return [_bind(REWARDS[n], task) if n in REWARDS else _import_reward(n, task) for n in names]
 
 
 def _bind(reward: Callable[..., list[float]], task: Task | None) -> Callable[..., list[float]]:
@@ -105,7 +98,9 @@ def _bind(reward: Callable[..., list[float]], task: Task | None) -> Callable[...
     return bound
 
 
-def _import_reward(path: str) -> Callable[..., list[float]]:
+def _import_reward(path: str, task: Task | None = None) -> Callable[..., list[float]]:
+    """``module:function`` imported and checked; one that takes a ``task`` parameter judges the run's task
+    (as the built-in ones do)."""
     import importlib
     import inspect
     import os
@@ -126,8 +121,8 @@ def _import_reward(path: str) -> Callable[..., list[float]]:
     func = getattr(module, function, None)
     if not callable(func):
         raise ConfigError(f"reward {path!r}: {module_name} has no function {function!r}")
-    params = inspect.signature(func).parameters.values()
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
+    params = inspect.signature(func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ConfigError(f"reward {path!r} must take **kwargs: trl calls f(prompts=, completions=, "
                           "completion_ids=, **dataset_columns) -> list[float]")
-    return func
+    return _bind(func, task) if "task" in params else func

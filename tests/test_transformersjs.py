@@ -221,19 +221,13 @@ def test_missing_transformers_js_fails_where_it_is_required(monkeypatch, require
 def trained_export(tiny_dirs, synth_root, tmp_path_factory):
     """A tiny real-tokenizer SmolVLM whose label-only baseline (conftest's ``train_label_adapter``, finished by
     ``svlm train``) answers ``<answer>label</answer>``, exported with ``--layout transformers.js`` (all dtypes)."""
-    from conftest import train_label_adapter
+    from conftest import label_baseline_run
 
     from export.build import ExportConfig, export
-    from factory import config as config_lib
-    from factory.train.runner import TrainConfig, train
 
-    cfg = config_lib.build(TrainConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("tjs_runs")), "name": "smol", "data": str(synth_root),
-        "model": {"source": str(tiny_dirs("smolvlm"))}, "eval": {"limit": 4, "max_new_tokens": 12}})
-    train_label_adapter(str(tiny_dirs("smolvlm")), synth_root, cfg.run_dir / "0_baseline" / "adapter")
-    train(cfg, ["0_baseline"], progress=False)
-    manifests = export(ExportConfig(run=str(cfg.run_dir), layout="transformers.js", max_new_tokens=12))
-    return cfg.run_dir, cfg.run_dir / "export-transformers.js", manifests
+    run_dir = label_baseline_run(tiny_dirs("smolvlm"), synth_root, tmp_path_factory.mktemp("tjs_runs"), "smol")
+    manifests = export(ExportConfig(run=str(run_dir), layout="transformers.js", max_new_tokens=12))
+    return run_dir, run_dir / "export-transformers.js", manifests
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,13 @@ def sft_rows(cot_dir: str | Path, traces: str = "all", include_rationalized: boo
         if traces == "first" and rec["image_id"] in seen:
             continue
         seen.add(rec["image_id"])
-        if row_label(rec) not in task.label2id:
-            foreign.add(row_label(rec))
+        label = row_label(rec)
+        if label not in task.label2id:
+            foreign.add(label)
             continue
         user, assistant = task.messages("cot", answer=rec["response"].strip())
         rows.append({"image": rec["image"], "prompt": [user], "completion": [assistant],
-                     "label": row_label(rec), "teacher": rec["teacher"]})
+                     "label": label, "teacher": rec["teacher"]})
     if foreign:
         from factory.errors import SVLMError
 

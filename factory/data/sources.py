@@ -80,8 +80,8 @@ class _Skip(Exception):
 def _label(name: str, cfg: ImportConfig) -> str:
     """The task label a source label stands for (by the task's rule, or with separators ignored), or a _Skip."""
     task, key = load_task(cfg.task), str(name).strip()
-    spellings = (key, key.replace(" ", "_").replace("-", "_")) if task.answer.case_sensitive else \
-        (key, key.lower(), key.lower().replace(" ", "_").replace("-", "_"))
+    folded = key if task.answer.case_sensitive else key.lower()
+    spellings = (key, folded, folded.replace(" ", "_").replace("-", "_"))
     for candidate in spellings:
         if candidate in cfg.aliases:
             return cfg.aliases[candidate]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from svlm_runtime.answer_format import AnswerFormat
-from svlm_runtime.package import Generation, PackageError, check_files, is_layout, load_manifest
+from svlm_runtime.package import Generation, PackageError, _file_name, check_files, is_layout, load_manifest
 
 LAYOUT = "gguf"
 FORMAT_VERSION = 1
@@ -56,9 +56,7 @@ def read_gguf_manifest(path: str | Path, verify: bool = True) -> dict:
         raise PackageError(f"{mf} lacks {', '.join(missing)}")
     files = manifest["files"]
     for key in ("model", "mmproj"):
-        name = manifest[key]
-        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-            raise PackageError(f"{mf}: {key} {name!r} is not a file name inside the package")
+        name = _file_name(manifest[key], key, mf)
         if not isinstance(files, dict) or name not in files:
             raise PackageError(f"{mf}: {name} not listed in files (unverified content)")
     check_files(root, mf, manifest, verify)
