@@ -145,7 +145,7 @@ def merged_card(out: Path, base: str, provenance: dict) -> None:
 
     task = source_task(provenance)
     save_task(task, out)
-    write_merged_card(out, base_model=base, source=provenance, labels=list(task.labels), task=task.manifest())
+    write_merged_card(out, base_model=base, source=provenance, task=task)
 
 
 def probe_inputs(processor, n: int = 2, side: int | None = None):
@@ -340,11 +340,11 @@ def _write_package(pkg: Path, quant: str, int4: dict, family, processor, dims: d
     return manifest
 
 
-def answer_shape(m: dict) -> str:
+def answer_shape(m: dict, reasoning: bool = True) -> str:
     """The answer a package's model writes, in its manifest's tags (a card shows it)."""
-    (t_open, t_close), (a_open, a_close) = m["answer"].get("think", ("<think>", "</think>")), \
-        m["answer"].get("answer", ("<answer>", "</answer>"))
-    return f"{t_open}…{t_close}{a_open}label{a_close}"
+    from svlm_runtime.answer_format import AnswerFormat
+
+    return AnswerFormat.from_manifest(m).render("label", "…" if reasoning else None)
 
 
 def _model_card(m: dict) -> str:

@@ -385,6 +385,7 @@ def modelfile(m: dict, family) -> str:
 
 def model_card(m: dict) -> str:
     v, src, img = m["validation"], m["source"], m["image"]
+    ollama = f"svlm-{m['task']['name'].replace('_', '-')}"  # the Ollama model, named after the task
     q = m["quantization"]["name"]
     bounds = f" --image-min-tokens {img['min_tokens']} --image-max-tokens {img['max_tokens']}" \
         if "max_tokens" in img else ""
@@ -426,8 +427,8 @@ llama-mtmd-cli -m {MODEL} --mmproj {MMPROJ} --image photo.jpg --temp 0 -n 160{bo
 ## Ollama
 
 ```bash
-ollama create svlm-{m['task']['name'].replace('_', '-')} -f Modelfile     # this folder's Modelfile: both files, greedy decoding
-ollama run svlm-{m['task']['name'].replace('_', '-')} "{m['prompt']['question']} ./photo.jpg"
+ollama create {ollama} -f Modelfile     # this folder's Modelfile: both files, greedy decoding
+ollama run {ollama} "{m['prompt']['question']} ./photo.jpg"
 ```
 
 Ollama sizes images itself and its image-token budget is not set by the Modelfile; Ollama was not run here

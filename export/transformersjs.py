@@ -42,8 +42,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from export.build import (ExportError, log, merge, prompt_ids, quantize, source_task, token_ids, torch_reference,
-                          validation_images)
+from export.build import (ExportError, answer_shape, log, merge, prompt_ids, quantize, source_task, token_ids,
+                          torch_reference, validation_images)
 from export.compare import agreement_text, compare
 from export.graphs import DECODER, EMBED, VISION, export_graphs
 from svlm_runtime.package import sha256
@@ -383,9 +383,8 @@ def model_card(m: dict, base: str, folder: str) -> str:
         f"{v['validation']['greedy_tokens_identical']:.0%} | {agreement_text(v['validation'])} |"
         for q, v in m["quantizations"].items())
     dtype = next(iter(m["quantizations"].values()))["dtype"]
-    (t_open, t_close), (a_open, a_close) = m["answer"]["think"], m["answer"]["answer"]
-    answer = (f"`{a_open}label{a_close}`" if m["prompt"]["style"] == "label" else
-              f"with reasoning, `{t_open}…{t_close}{a_open}label{a_close}`")
+    answer = (f"`{answer_shape(m, reasoning=False)}`" if m["prompt"]["style"] == "label" else
+              f"with reasoning, `{answer_shape(m)}`")
     return f"""---
 library_name: transformers.js
 pipeline_tag: image-text-to-text

@@ -6,6 +6,10 @@ adapter of every stage, the merged checkpoint and the exported packages. The hub
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from factory.tasks import Task
 
 TAGS = ["svlm-factory", "vision-language-model", "clgrpo"]  # and the task's tags
 
@@ -33,15 +37,14 @@ def front_matter(*, library_name: str, base_model: str | None, labels: list[str]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
 
 
-def write_adapter_card(folder: Path, *, base_model: str, stage: str, run: str, labels: list[str],
-                       task: dict | None = None) -> None:
+def write_adapter_card(folder: Path, *, base_model: str, stage: str, run: str, task: Task) -> None:
     """Replace peft's generic card in a stage's adapter folder with one that says what the stage trained."""
-    card = front_matter(library_name="peft", base_model=base_model, labels=labels, tags=["lora", stage],
-                        relation="adapter", task=task)
+    card = front_matter(library_name="peft", base_model=base_model, labels=task.labels, tags=["lora", stage],
+                        relation="adapter", task=task.manifest())
     card += f"""# SVLM Factory adapter: {run} · {stage}
 
 {_task_line(task)}A LoRA adapter trained by SVLM Factory's stage `{stage}` (run `{run}`) on `{base_model}`. It answers
-`<think>…</think><answer>label</answer>` with one of: {', '.join(labels)}.
+`{task.answer_format.render("label", "…")}` with one of: {', '.join(task.labels)}.
 
 ```python
 from peft import PeftModel
@@ -57,19 +60,18 @@ and writes ONNX packages.
     (Path(folder) / "README.md").write_text(card)
 
 
-def _task_line(task: dict | None) -> str:
-    return f"Task `{task['name']}`: {task['description']}\n\n" if task else ""
+def _task_line(task: Task) -> str:
+    return f"Task `{task.name}`: {task.description}\n\n"
 
 
-def write_merged_card(folder: Path, *, base_model: str, source: dict, labels: list[str],
-                      task: dict | None = None) -> None:
+def write_merged_card(folder: Path, *, base_model: str, source: dict, task: Task) -> None:
     """The card of the merged full-precision checkpoint that export writes (``<export>/merged``)."""
-    card = front_matter(library_name="transformers", base_model=base_model, labels=labels,
-                        relation="merge" if source.get("adapter") else "finetune", task=task)
+    card = front_matter(library_name="transformers", base_model=base_model, labels=task.labels,
+                        relation="merge" if source.get("adapter") else "finetune", task=task.manifest())
     card += f"""# SVLM Factory merged checkpoint
 
 {_task_line(task)}`{base_model}` with the adapter of {source.get('run', '-')} stage {source.get('stage', '-')} merged in
 (full precision). It loads with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor`, and
-answers `<think>…</think><answer>label</answer>` with one of: {', '.join(labels)}.
+answers `{task.answer_format.render("label", "…")}` with one of: {', '.join(task.labels)}.
 """
     (Path(folder) / "README.md").write_text(card)

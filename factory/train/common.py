@@ -286,8 +286,7 @@ def run_trainer(ctx: StageContext, trainer) -> dict:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp))
         from factory.cards import write_adapter_card
 
-        write_adapter_card(tmp, base_model=ctx.base, stage=ctx.name, run=ctx.cfg.name, labels=list(ctx.task.labels),
-                           task=ctx.task.manifest())
+        write_adapter_card(tmp, base_model=ctx.base, stage=ctx.name, run=ctx.cfg.name, task=ctx.task)
         write_json(ctx.out / "log_history.json", history, indent=1)
         write_json(ctx.out / "train_metrics.json", {**result.metrics, "resumed_from": resume})
         tmp.replace(ctx.out / ADAPTER)
